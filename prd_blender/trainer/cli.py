@@ -1,0 +1,114 @@
+"""The ``prd`` command: train, eval and benchmarks. Progress is JSON lines on stdout.
+
+Exit codes: 0 done, 2 bad input (capture, output folder, arguments), 3 cancelled, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _background(text: str) -> tuple[float, float, float]:
+    names = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+    if text in names:
+        return names[text]
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or not all(0 <= v <= 1 for v in vals):
+        raise argparse.ArgumentTypeError("background is 'white', 'black' or 'R,G,B' with values in [0, 1]")
+    return vals  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prd", description="Relightable Gaussian reconstruction (PRD) trainer.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train on a capture (transforms.json or COLMAP model)")
+    t.add_argument("capture", help="transforms*.json, a folder holding one, or a COLMAP model/project folder")
+    t.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty)")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--iterations", type=int, help="stage-1 iterations (default 7000)")
+    size = t.add_mutually_exclusive_group()
+    size.add_argument("--resolution", type=int, help="longer image side in pixels")
+    size.add_argument("--downscale", type=float, help="divide image sides by this factor")
+    t.add_argument("--background", type=_background, help="white, black or R,G,B for transparent pixels")
+    t.add_argument("--hold-out", type=int, default=0, metavar="N", help="hold out every N-th view for evaluation")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier prd run in --out")
+    t.add_argument("--max-seconds", type=float, help="stop (with a checkpoint) after this much training time")
+    t.add_argument("--stop-at", type=int, metavar="N", help="pause after iteration N (--resume later)")
+    t.add_argument("--quiet", action="store_true", help="no JSON lines on stdout (the log file still gets them)")
+
+    e = sub.add_parser("eval", help="PSNR/SSIM of a finished run on its held-out views")
+    e.add_argument("out", type=Path)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    br = bsub.add_parser("raster", help="rasteriser forward+backward: CPU backend vs dense PyTorch reference")
+    br.add_argument("--gaussians", type=int, default=10_000)
+    br.add_argument("--channels", type=int, default=16)
+    br.add_argument("--size", type=int, default=128)
+    br.add_argument("--repeats", type=int, default=10)
+    br.add_argument("--backends", default="cpu,reference", help="comma-separated: cpu, cuda, reference")
+    br.add_argument("--json", type=Path, default=Path("docs/benchmarks/raster.json"))
+    bn = bsub.add_parser("nvs", help="novel-view synthesis on NeRF Synthetic lego")
+    bn.add_argument("--data", type=Path, default=Path("../shared/data/lego"))
+    bn.add_argument("--resolution", type=int, default=200)
+    bn.add_argument("--iterations", type=int, default=7_000)
+    bn.add_argument("--max-seconds", type=float, default=1200)
+    bn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bn.add_argument("--out", type=Path, help="run folder (default: a temporary folder)")
+    bn.add_argument("--json", type=Path, default=Path("docs/benchmarks/nvs_lego.json"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .capture import CaptureError
+    from .outputs import OutputFolderError
+
+    try:
+        if args.command == "train":
+            from .pipeline import run_train
+
+            run_train(
+                args.capture, args.out, device=args.device, iterations=args.iterations,
+                resolution=args.resolution, downscale=args.downscale, background=args.background,
+                hold_out_every=args.hold_out, resume=args.resume, overwrite=args.overwrite,
+                max_seconds=args.max_seconds, stop_at=args.stop_at, quiet=args.quiet,
+            )
+        elif args.command == "eval":
+            from .pipeline import run_eval
+
+            ev = run_eval(args.out, args.device)
+            print(json.dumps({"event": "eval", "psnr": ev["psnr"], "ssim": ev["ssim"], "views": len(ev["views"])}))
+        elif args.bench == "raster":
+            from .bench.raster import bench_raster
+
+            bench_raster(args.gaussians, args.channels, args.size, args.repeats, args.backends.split(","), args.json)
+        elif args.bench == "nvs":
+            from .bench.nvs import bench_nvs
+
+            bench_nvs(args.data, args.resolution, args.iterations, args.max_seconds, args.device, args.out, args.json)
+    except (CaptureError, OutputFolderError) as exc:
+        print(f"prd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 3
+    except Exception as exc:
+        if type(exc).__name__ == "Cancelled":
+            print(f"prd: {exc}", file=sys.stderr)
+            return 3
+        print(f"prd: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Held-out view metrics for a trained radiance field."""
+
+from __future__ import annotations
+
+import torch
+
+from .capture import View
+from .train.gaussians import Gaussians
+from .train.losses import psnr, ssim
+from .train.render import Camera, render_radiance
+
+
+@torch.no_grad()
+def evaluate_views(
+    model: Gaussians, views: list[View], sh_degree: int, backend: str, background: tuple[float, float, float]
+) -> dict:
+    """Mean PSNR and SSIM of the radiance field on ``views`` (images in [0, 1], over the background)."""
+    bg = torch.tensor(background, dtype=torch.float32)
+    per_view = []
+    for v in views:
+        cam = Camera.from_view(v)
+        img, _ = render_radiance(model, cam, sh_degree, backend, bg)
+        img = img.clamp(0, 1)
+        per_view.append({"name": v.name, "psnr": psnr(img, cam.image), "ssim": float(ssim(img, cam.image))})
+    n = max(len(per_view), 1)
+    return {
+        "psnr": sum(p["psnr"] for p in per_view) / n,
+        "ssim": sum(p["ssim"] for p in per_view) / n,
+        "views": per_view,
+    }

@@ -1,0 +1,125 @@
+"""``prd train``: capture -> stage 1 -> outputs in the hand-off folder."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import __version__
+from .capture import load_capture
+from .evaluate import evaluate_views
+from .outputs import cameras_record, prepare_output, read_manifest, update_manifest, write_json
+from .raster import choose_backend
+from .train.progress import Progress
+from .train.stage1 import Stage1Config, train_stage1
+
+
+def run_train(
+    capture: str | Path,
+    out: Path,
+    *,
+    device: str = "auto",
+    iterations: int | None = None,
+    resolution: int | None = None,
+    downscale: float | None = None,
+    background: tuple[float, float, float] | None = None,
+    hold_out_every: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_seconds: float | None = None,
+    stop_at: int | None = None,
+    config: Stage1Config | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Train on a capture into ``out``; returns the final manifest. Raises on bad input."""
+    out = Path(out)
+    prepare_output(out, resume, overwrite)
+    if resume:
+        # A resumed run uses the settings it was started with, so results match an uninterrupted run.
+        run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        capture, resolution, downscale = run["capture"], run["resolution"], run["downscale"]
+        background = tuple(run["background"]) if run["background"] else None
+        hold_out_every = run["hold_out_every"]
+        config = Stage1Config.from_dict(run["config"])
+        if iterations is not None:
+            config.iterations = iterations
+    progress = Progress(out / "progress.jsonl", quiet=quiet)
+    try:
+        backend, why = choose_backend(device)
+        progress.emit("backend", backend=backend, why=why)
+        cap = load_capture(capture, resolution=resolution, downscale=downscale, background=background)
+        train_views, test_views = cap.split(hold_out_every)
+        progress.emit(
+            "capture", source=cap.source, views=len(cap.views), train=len(train_views), test=len(test_views),
+            width=cap.views[0].width, height=cap.views[0].height, background=list(cap.background),
+        )
+        cfg = config or Stage1Config()
+        if iterations is not None:
+            cfg.iterations = iterations
+        if not resume:
+            write_json(out / "run.json", {
+                "capture": str(Path(capture).resolve()), "resolution": resolution, "downscale": downscale,
+                "background": list(background) if background else None, "hold_out_every": hold_out_every,
+                "config": asdict(cfg), "prd_version": __version__, "python": sys.version.split()[0],
+                "platform": platform.platform(),
+            })
+            write_json(out / "cameras.json", {
+                "cameras": cameras_record(train_views, "train") + cameras_record(test_views, "test")
+            })
+            update_manifest(
+                out, status="running", stage=1, backend=backend, capture=str(Path(capture).resolve()),
+                background=list(cap.background),
+                files={
+                    "run": "run.json", "log": "progress.jsonl", "cameras": "cameras.json",
+                    "checkpoint": "checkpoint.pt",
+                },
+            )
+        points = (cap.points, cap.point_colors) if cap.points is not None else None
+        model, info = train_stage1(
+            train_views, cfg, out, progress, backend, cap.background, points=points, resume=resume,
+            max_seconds=max_seconds, stop_at=stop_at,
+        )
+        model.save_ply(out / "point_cloud.ply")
+        files = {"gaussians": "point_cloud.ply"}
+        result = {"iterations": info["iteration"], "seconds": round(info["seconds"], 1), "gaussians": len(model)}
+        if test_views:
+            ev = evaluate_views(model, test_views, info["sh_degree"], backend, cap.background)
+            write_json(out / "eval.json", {**ev, **result, "backend": backend})
+            files["eval"] = "eval.json"
+            result.update(psnr=round(ev["psnr"], 3), ssim=round(ev["ssim"], 4))
+        status = "complete" if info["finished"] or max_seconds else "paused"
+        manifest = update_manifest(out, status=status, stage=1, result=result, files=files)
+        progress.emit("done", stage=1, **result)
+        return manifest
+    except BaseException as exc:
+        status = "cancelled" if type(exc).__name__ == "Cancelled" else "failed"
+        progress.emit("error" if status == "failed" else "cancelled", kind=type(exc).__name__, message=str(exc))
+        if (out / "manifest.json").is_file():
+            try:
+                update_manifest(out, status=status, error=str(exc))
+            except OSError:
+                pass  # a full disk must not hide the original error
+        raise
+    finally:
+        progress.close()
+
+
+def run_eval(out: Path, device: str = "auto") -> dict:
+    """Re-evaluate a finished run's held-out views from its PLY."""
+    from .train.gaussians import Gaussians, read_ply
+
+    manifest = read_manifest(out)
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    if not run["hold_out_every"]:
+        raise ValueError(f"the run in {out} held out no views (train with --hold-out N)")
+    backend, _ = choose_backend(device)
+    cap = load_capture(run["capture"], resolution=run["resolution"], downscale=run["downscale"],
+                       background=tuple(run["background"]) if run["background"] else None)
+    _, test_views = cap.split(run["hold_out_every"])
+    params, _ = read_ply(out / manifest["files"]["gaussians"])
+    ev = evaluate_views(Gaussians(params), test_views, run["config"]["sh_degree"], backend, cap.background)
+    write_json(out / "eval.json", {**ev, "backend": backend})
+    return ev

@@ -1,0 +1,1 @@
+"""Training: the Gaussian model, losses, densification, checkpoints, and the stage loops."""

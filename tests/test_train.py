@@ -1,0 +1,205 @@
+"""Stage-1 training end to end on the bundled sample capture at 32 px: outputs, resume, kill, cancel."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prd_blender.trainer.outputs import OutputFolderError
+from prd_blender.trainer.pipeline import run_train
+from prd_blender.trainer.train.checkpoint import save_checkpoint
+from prd_blender.trainer.train.densify import DensifyStrategy
+from prd_blender.trainer.train.gaussians import read_ply
+from prd_blender.trainer.train.stage1 import Stage1Config
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "sample_capture"
+
+
+def small_config(iterations: int = 40) -> Stage1Config:
+    return Stage1Config(
+        iterations=iterations, init_random=1500, sh_every=10, checkpoint_every=10, log_every=5,
+        densify=DensifyStrategy(start=10, every=10, reset_every=25, stop=1000),
+    )
+
+
+def prd(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prd_blender.trainer", *args], capture_output=True, text=True, timeout=600, **kw
+    )
+
+
+def events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_train_cli_writes_outputs_and_progress(tmp_path):
+    out = tmp_path / "out dir ü"  # spaces and non-ASCII in paths
+    r = prd("train", str(SAMPLE), "--out", str(out), "--resolution", "32", "--iterations", "30", "--hold-out", "8")
+    assert r.returncode == 0, r.stderr
+    ev = events(r.stdout)
+    kinds = [e["event"] for e in ev]
+    assert kinds[0] == "backend" and "done" in kinds
+    prog = [e for e in ev if e["event"] == "progress"]
+    assert prog and {"stage", "iteration", "loss", "psnr", "gaussians", "eta_s"} <= prog[-1].keys()
+    assert prog[-1]["iteration"] == 30
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["backend"] == "cpu"
+    for f in manifest["files"].values():
+        assert (out / f).is_file(), f
+    params, extra = read_ply(out / manifest["files"]["gaussians"])
+    assert params["means"].shape[0] == manifest["result"]["gaussians"] and not extra
+    assert torch.isfinite(params["means"]).all()
+    ev_json = json.loads((out / "eval.json").read_text())
+    assert len(ev_json["views"]) == 6 and 5 < ev_json["psnr"] < 60
+    cams = json.loads((out / "cameras.json").read_text())["cameras"]
+    assert len(cams) == 48 and cams[0]["width"] == 32
+    # the log file holds the same events as stdout
+    assert len(events((out / "progress.jsonl").read_text())) == len(ev)
+
+    r2 = prd("eval", str(out))
+    assert r2.returncode == 0, r2.stderr
+    assert abs(events(r2.stdout)[0]["psnr"] - ev_json["psnr"]) < 1e-4
+
+
+def test_training_improves_the_fit(tmp_path):
+    m = run_train(SAMPLE, tmp_path / "o", resolution=32, hold_out_every=8, config=small_config(120), quiet=True)
+    log = events((tmp_path / "o" / "progress.jsonl").read_text())
+    prog = [e for e in log if e["event"] == "progress"]
+    assert prog[-1]["psnr"] > prog[0]["psnr"] + 5
+    assert m["result"]["psnr"] > 18
+    assert any(e["event"] == "densify" for e in log)
+
+
+def test_resume_is_exact(tmp_path):
+    run_train(SAMPLE, tmp_path / "a", resolution=32, config=small_config(), quiet=True)
+    run_train(SAMPLE, tmp_path / "b", resolution=32, config=small_config(), stop_at=23, quiet=True)
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["status"] == "paused"
+    run_train(SAMPLE, tmp_path / "b", resume=True, quiet=True)
+    a, _ = read_ply(tmp_path / "a" / "point_cloud.ply")
+    b, _ = read_ply(tmp_path / "b" / "point_cloud.ply")
+    assert a["means"].shape == b["means"].shape
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_existing_output_folder_is_never_overwritten_silently(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("precious")
+    with pytest.raises(OutputFolderError, match="not a prd output folder"):
+        run_train(SAMPLE, user, resolution=32, config=small_config(5), quiet=True)
+    with pytest.raises(OutputFolderError, match="not a prd output folder"):
+        run_train(SAMPLE, user, resolution=32, config=small_config(5), overwrite=True, quiet=True)
+    assert (user / "notes.txt").read_text() == "precious" and len(list(user.iterdir())) == 1
+
+    out = tmp_path / "run"
+    run_train(SAMPLE, out, resolution=32, config=small_config(5), quiet=True)
+    r = prd("train", str(SAMPLE), "--out", str(out), "--resolution", "32", "--iterations", "5")
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    (out / "keep.txt").write_text("mine")
+    run_train(SAMPLE, out, resolution=32, config=small_config(5), overwrite=True, quiet=True)
+    assert (out / "keep.txt").read_text() == "mine"  # only the run's own files are replaced
+
+
+def test_killed_trainer_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prd_blender.trainer", "train", str(SAMPLE), "--out", str(out), "--resolution", "32",
+         "--iterations", "400"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    ckpt_iter = None
+    for line in proc.stdout:
+        e = json.loads(line)
+        if e["event"] == "checkpoint":
+            ckpt_iter = e["iteration"]
+            break
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    assert ckpt_iter is not None
+    r = prd("train", str(SAMPLE), "--out", str(out), "--resume", "--iterations", str(ckpt_iter + 10))
+    assert r.returncode == 0, r.stderr
+    prog = [e for e in events(r.stdout) if e["event"] == "progress"]
+    assert prog[0]["iteration"] > ckpt_iter and prog[-1]["iteration"] == ckpt_iter + 10
+
+
+def test_sigterm_cancels_cleanly_with_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prd_blender.trainer", "train", str(SAMPLE), "--out", str(out), "--resolution", "32",
+         "--iterations", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    kinds = [e["event"] for e in events(rest)]
+    assert "checkpoint" in kinds and kinds[-1] == "cancelled"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "cancelled"
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_bad_capture_gives_a_clear_error(tmp_path):
+    cap = tmp_path / "cap"
+    cap.mkdir()
+    frames = json.loads((SAMPLE / "transforms_train.json").read_text())
+    (cap / "transforms.json").write_text(json.dumps(frames))
+    (cap / "train").mkdir()
+    for f in frames["frames"]:
+        src = SAMPLE / (f["file_path"] + ".png")
+        (cap / (f["file_path"] + ".png")).write_bytes(src.read_bytes())
+    bad = cap / (frames["frames"][3]["file_path"] + ".png")
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
+    r = prd("train", str(cap), "--out", str(tmp_path / "o"), "--resolution", "32")
+    assert r.returncode == 2
+    assert bad.name in r.stderr
+    err = [e for e in events(r.stdout) if e["event"] == "error"]
+    assert err and bad.name in err[0]["message"]
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"iteration": 1, "params": {"x": torch.ones(3)}})
+    before = path.read_bytes()
+    (tmp_path / "checkpoint.pt.tmp").symlink_to("/dev/full")  # every write fails with ENOSPC
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"iteration": 2, "params": {"x": torch.zeros(1000)}})
+    assert path.read_bytes() == before
+    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def test_initialises_from_sparse_points(tmp_path):
+    """COLMAP-style points seed the Gaussians (one per point) instead of random ones."""
+    from prd_blender.trainer.capture import load_capture
+    from prd_blender.trainer.train.progress import Progress
+    from prd_blender.trainer.train.stage1 import train_stage1
+
+    cap = load_capture(SAMPLE, resolution=32)
+    rng = np.random.default_rng(0)
+    pts = rng.normal(scale=0.3, size=(500, 3)).astype(np.float32)
+    cols = rng.random((500, 3)).astype(np.float32)
+    prog = Progress(tmp_path / "log.jsonl", quiet=True)
+    cfg = small_config(3)
+    model, info = train_stage1(cap.views, cfg, tmp_path, prog, "cpu", cap.background, points=(pts, cols))
+    prog.close()
+    init = [e for e in events((tmp_path / "log.jsonl").read_text()) if e["event"] == "init"][0]
+    assert init["gaussians"] == 500 and "sparse points" in init["how"]
+    assert info["iteration"] == 3
+
+
+def test_progress_timing_fields_are_sane(tmp_path):
+    run_train(SAMPLE, tmp_path / "o", resolution=32, config=small_config(20), quiet=True)
+    prog = [e for e in events((tmp_path / "o" / "progress.jsonl").read_text()) if e["event"] == "progress"]
+    assert all(p["eta_s"] >= 0 and p["elapsed_s"] >= 0 for p in prog)
+    assert prog[-1]["eta_s"] == 0
+    assert time.time() - prog[-1]["t"] < 600
