@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# Modules (in registration order) whose classes and properties are registered; empty when unregistered.
 _registered: list = []
 
 
@@ -17,10 +18,33 @@ def register() -> None:
     """Register the extension's Blender classes. Calling it twice is harmless."""
     if _registered:
         return
-    # Blender UI classes are added here by the extension modules (panel, operators, preferences).
-    _registered.append(True)
+    import atexit
+
+    import bpy
+
+    from . import operators, panel, preferences, properties
+
+    # Properties first: the panel and operators refer to Scene.prd and the preferences.
+    for mod in (properties, preferences, operators, panel):
+        for cls in mod.CLASSES:
+            bpy.utils.register_class(cls)
+        if hasattr(mod, "register"):
+            mod.register()
+        _registered.append(mod)
+    atexit.unregister(operators.cancel_on_exit)
+    atexit.register(operators.cancel_on_exit)
 
 
 def unregister() -> None:
     """Undo ``register()``; harmless when not registered."""
-    _registered.clear()
+    if not _registered:
+        return
+    import bpy
+
+    while _registered:
+        mod = _registered.pop()
+        if hasattr(mod, "unregister"):
+            mod.unregister()
+        for cls in reversed(mod.CLASSES):
+            if getattr(cls, "is_registered", False):
+                bpy.utils.unregister_class(cls)

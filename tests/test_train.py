@@ -41,7 +41,8 @@ def events(text: str) -> list[dict]:
 
 def test_train_cli_writes_outputs_and_progress(tmp_path):
     out = tmp_path / "out dir ü"  # spaces and non-ASCII in paths
-    r = prd("train", str(SAMPLE), "--out", str(out), "--resolution", "32", "--iterations", "30", "--hold-out", "8")
+    r = prd("train", str(SAMPLE), "--out", str(out), "--resolution", "32", "--iterations", "30", "--hold-out", "8",
+            "--stages", "1")
     assert r.returncode == 0, r.stderr
     ev = events(r.stdout)
     kinds = [e["event"] for e in ev]
@@ -101,7 +102,7 @@ def test_existing_output_folder_is_never_overwritten_silently(tmp_path):
 
     out = tmp_path / "run"
     run_train(SAMPLE, out, resolution=32, config=small_config(5), quiet=True)
-    r = prd("train", str(SAMPLE), "--out", str(out), "--resolution", "32", "--iterations", "5")
+    r = prd("train", str(SAMPLE), "--out", str(out), "--resolution", "32", "--iterations", "5", "--stages", "1")
     assert r.returncode == 2 and "--overwrite" in r.stderr
     (out / "keep.txt").write_text("mine")
     run_train(SAMPLE, out, resolution=32, config=small_config(5), overwrite=True, quiet=True)
@@ -112,7 +113,7 @@ def test_killed_trainer_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "prd_blender.trainer", "train", str(SAMPLE), "--out", str(out), "--resolution", "32",
-         "--iterations", "400"],
+         "--iterations", "400", "--stages", "1"],
         stdout=subprocess.PIPE, text=True,
     )
     ckpt_iter = None
@@ -134,7 +135,7 @@ def test_sigterm_cancels_cleanly_with_a_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "prd_blender.trainer", "train", str(SAMPLE), "--out", str(out), "--resolution", "32",
-         "--iterations", "100000"],
+         "--iterations", "100000", "--stages", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     for line in proc.stdout:
@@ -160,7 +161,7 @@ def test_bad_capture_gives_a_clear_error(tmp_path):
         (cap / (f["file_path"] + ".png")).write_bytes(src.read_bytes())
     bad = cap / (frames["frames"][3]["file_path"] + ".png")
     bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
-    r = prd("train", str(cap), "--out", str(tmp_path / "o"), "--resolution", "32")
+    r = prd("train", str(cap), "--out", str(tmp_path / "o"), "--resolution", "32", "--stages", "1")
     assert r.returncode == 2
     assert bad.name in r.stderr
     err = [e for e in events(r.stdout) if e["event"] == "error"]
@@ -203,3 +204,33 @@ def test_progress_timing_fields_are_sane(tmp_path):
     assert all(p["eta_s"] >= 0 and p["elapsed_s"] >= 0 for p in prog)
     assert prog[-1]["eta_s"] == 0
     assert time.time() - prog[-1]["t"] < 600
+
+
+def test_trains_on_a_colmap_model_with_points(tmp_path):
+    """The sample capture rewritten as a binary COLMAP project (images/ + sparse/0 with points)."""
+    import shutil
+
+    from prd_blender.trainer.capture import load_capture
+    from prd_blender.trainer.capture.colmap import ColmapCamera, ColmapImage, rotmat_to_qvec, write_model
+
+    cap = load_capture(SAMPLE)
+    proj = tmp_path / "colmap project"
+    (proj / "images").mkdir(parents=True)
+    v0 = cap.views[0]
+    cams = [ColmapCamera(1, "PINHOLE", v0.width, v0.height, (v0.K[0, 0], v0.K[1, 1], v0.K[0, 2], v0.K[1, 2]))]
+    images = []
+    for i, v in enumerate(cap.views):
+        name = f"img_{i:03d}.png"
+        shutil.copy(v.path, proj / "images" / name)
+        w2c = v.world_to_cam
+        images.append(ColmapImage(i + 1, rotmat_to_qvec(w2c[:3, :3]), w2c[:3, 3], 1, name))
+    rng = np.random.default_rng(0)
+    pts = rng.normal(scale=0.3, size=(400, 3))
+    write_model(proj / "sparse" / "0", cams, images, pts, rng.random((400, 3)))
+    r = prd("train", str(proj), "--out", str(tmp_path / "o"), "--resolution", "32", "--iterations", "5",
+            "--stages", "1")
+    assert r.returncode == 0, r.stderr
+    ev = events(r.stdout)
+    init = [e for e in ev if e["event"] == "init"][0]
+    assert init["gaussians"] == 400 and "sparse points" in init["how"]
+    assert [e for e in ev if e["event"] == "capture"][0]["source"] == "colmap"

@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--iterations", type=int, help="stage-1 iterations (default 7000)")
+    t.add_argument("--stages", type=int, choices=[1, 4], default=4,
+                   help="4: the full PRD (radiance field, then material and light); 1: radiance field only")
+    t.add_argument("--distill-iterations", type=int, default=1000, metavar="N", help="iterations of each of stages 2-4")
+    t.add_argument("--real-scene", action="store_true",
+                   help="photos without masks: progress target 1 everywhere, light frozen in stage 4, ACES tone map")
     size = t.add_mutually_exclusive_group()
     size.add_argument("--resolution", type=int, help="longer image side in pixels")
     size.add_argument("--downscale", type=float, help="divide image sides by this factor")
@@ -43,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-seconds", type=float, help="stop (with a checkpoint) after this much training time")
     t.add_argument("--stop-at", type=int, metavar="N", help="pause after iteration N (--resume later)")
     t.add_argument("--quiet", action="store_true", help="no JSON lines on stdout (the log file still gets them)")
+
+    rl = sub.add_parser("relight", help="render the distilled asset under another HDRI")
+    rl.add_argument("out", type=Path, help="a finished run folder")
+    rl.add_argument("--hdri", required=True, type=Path, help="equirectangular .hdr or .exr")
+    rl.add_argument("--rotation", type=float, default=0.0, help="turn the map about +Z, degrees")
+    rl.add_argument("--strength", type=float, default=1.0)
+    rl.add_argument("--views", default="test", help="test, train, all, or comma-separated view names")
+    rl.add_argument("--dest", type=Path, help="folder for the PNGs (default OUT/relight/<hdri name>)")
+    rl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     e = sub.add_parser("eval", help="PSNR/SSIM of a finished run on its held-out views")
     e.add_argument("out", type=Path)
@@ -76,18 +90,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             from .pipeline import run_train
+            from .train.distill import DistillConfig
 
+            distill = None
+            if args.stages == 4 and not args.resume:
+                n = args.distill_iterations
+                distill = DistillConfig(stage2=n, stage3=n, stage4=n, real_scene=args.real_scene,
+                                        tonemap="aces" if args.real_scene else "srgb")
             run_train(
                 args.capture, args.out, device=args.device, iterations=args.iterations,
                 resolution=args.resolution, downscale=args.downscale, background=args.background,
                 hold_out_every=args.hold_out, resume=args.resume, overwrite=args.overwrite,
-                max_seconds=args.max_seconds, stop_at=args.stop_at, quiet=args.quiet,
+                max_seconds=args.max_seconds, stop_at=args.stop_at, distill=distill, quiet=args.quiet,
             )
         elif args.command == "eval":
             from .pipeline import run_eval
 
             ev = run_eval(args.out, args.device)
             print(json.dumps({"event": "eval", "psnr": ev["psnr"], "ssim": ev["ssim"], "views": len(ev["views"])}))
+        elif args.command == "relight":
+            from .relight import run_relight
+
+            paths = run_relight(
+                args.out, args.hdri, rotation=args.rotation, strength=args.strength, views=args.views,
+                dest=args.dest, device=args.device,
+            )
+            print(json.dumps({"event": "relit", "views": len(paths), "folder": str(paths[0].parent)}))
         elif args.bench == "raster":
             from .bench.raster import bench_raster
 

@@ -28,3 +28,26 @@ def evaluate_views(
         "ssim": sum(p["ssim"] for p in per_view) / n,
         "views": per_view,
     }
+
+
+@torch.no_grad()
+def evaluate_distilled(model, light, vis, views: list[View], cfg, backend: str, background) -> dict:
+    """Mean PSNR / SSIM of the final PRD blend on ``views`` (novel views use the blend, DESIGN.md §3)."""
+    from .shading.brdf_lut import get_brdf_lut
+    from .train.distill import composite, shade_maps
+    from .train.render import render_pbr_maps
+
+    bg = torch.tensor(background, dtype=torch.float32)
+    lut = get_brdf_lut()
+    per_view = []
+    for v in views:
+        cam = Camera.from_view(v)
+        maps = render_pbr_maps(model, cam, cfg.sh_degree, backend)
+        img = composite(shade_maps(maps, light, lut, vis, 4, cfg)["blend"], maps["coverage"], bg).clamp(0, 1)
+        per_view.append({"name": v.name, "psnr": psnr(img, cam.image), "ssim": float(ssim(img, cam.image))})
+    n = max(len(per_view), 1)
+    return {
+        "psnr": sum(p["psnr"] for p in per_view) / n,
+        "ssim": sum(p["ssim"] for p in per_view) / n,
+        "views": per_view,
+    }

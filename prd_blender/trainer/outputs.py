@@ -19,7 +19,7 @@ VERSION = 1
 # Files a run writes; --overwrite removes only these, never anything else in the folder.
 OWN_FILES = (
     MANIFEST, "run.json", "progress.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "point_cloud.ply",
-    "point_cloud.ply.tmp", "cameras.json", "eval.json",
+    "point_cloud.ply.tmp", "cameras.json", "eval.json", "environment.exr", "visibility.npz", "maps.json",
 )
 
 
@@ -46,9 +46,28 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
                 f"output folder {out} already holds a prd run; pass --resume to continue it, --overwrite to replace "
                 "it, or choose another folder (nothing was changed)"
             )
+        _remove_view_maps(out)
         for name in OWN_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_view_maps(out: Path) -> None:
+    """Delete exactly the per-view maps an earlier run listed in maps.json (never the whole folder)."""
+    try:
+        records = json.loads((out / "maps.json").read_text(encoding="utf-8"))["views"]
+    except (OSError, ValueError, KeyError):
+        return
+    folders = set()
+    for rec in records:
+        for rel in rec.get("files", {}).values():
+            p = out / rel
+            if p.resolve().is_relative_to(out.resolve()):
+                p.unlink(missing_ok=True)
+                folders.add(p.parent)
+    for f in folders:
+        if f.is_dir() and not any(f.iterdir()):
+            f.rmdir()
 
 
 def write_json(path: Path, data: dict) -> None:

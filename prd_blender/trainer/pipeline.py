@@ -10,11 +10,15 @@ from pathlib import Path
 
 from .. import __version__
 from .capture import load_capture
-from .evaluate import evaluate_views
+from .evaluate import evaluate_distilled, evaluate_views
 from .outputs import cameras_record, prepare_output, read_manifest, update_manifest, write_json
 from .raster import choose_backend
+from .results import write_environment, write_view_maps
+from .shading.brdf_lut import get_brdf_lut
+from .train.distill import DistillConfig, load_distill_state, train_distill
+from .train.gaussians import Gaussians
 from .train.progress import Progress
-from .train.stage1 import Stage1Config, train_stage1
+from .train.stage1 import Stage1Config, camera_extent, train_stage1
 
 
 def run_train(
@@ -32,9 +36,14 @@ def run_train(
     max_seconds: float | None = None,
     stop_at: int | None = None,
     config: Stage1Config | None = None,
+    distill: DistillConfig | None = None,
     quiet: bool = False,
 ) -> dict:
-    """Train on a capture into ``out``; returns the final manifest. Raises on bad input."""
+    """Train on a capture into ``out``; returns the final manifest. Raises on bad input.
+
+    Stage 1 always; stages 2-4 when ``distill`` is given. ``stop_at`` counts iterations across all
+    stages (stage 1's, then the distillation's).
+    """
     out = Path(out)
     prepare_output(out, resume, overwrite)
     if resume:
@@ -44,6 +53,7 @@ def run_train(
         background = tuple(run["background"]) if run["background"] else None
         hold_out_every = run["hold_out_every"]
         config = Stage1Config.from_dict(run["config"])
+        distill = DistillConfig(**run["distill"]) if run.get("distill") else None
         if iterations is not None:
             config.iterations = iterations
     progress = Progress(out / "progress.jsonl", quiet=quiet)
@@ -63,8 +73,8 @@ def run_train(
             write_json(out / "run.json", {
                 "capture": str(Path(capture).resolve()), "resolution": resolution, "downscale": downscale,
                 "background": list(background) if background else None, "hold_out_every": hold_out_every,
-                "config": asdict(cfg), "prd_version": __version__, "python": sys.version.split()[0],
-                "platform": platform.platform(),
+                "config": asdict(cfg), "distill": asdict(distill) if distill else None,
+                "prd_version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
             })
             write_json(out / "cameras.json", {
                 "cameras": cameras_record(train_views, "train") + cameras_record(test_views, "test")
@@ -78,21 +88,49 @@ def run_train(
                 },
             )
         points = (cap.points, cap.point_colors) if cap.points is not None else None
-        model, info = train_stage1(
-            train_views, cfg, out, progress, backend, cap.background, points=points, resume=resume,
-            max_seconds=max_seconds, stop_at=stop_at,
-        )
-        model.save_ply(out / "point_cloud.ply")
+        distill_state = load_distill_state(out / "checkpoint.pt") if resume else None
+        if distill_state is None:
+            model, info = train_stage1(
+                train_views, cfg, out, progress, backend, cap.background, points=points, resume=resume,
+                max_seconds=max_seconds, stop_at=stop_at,
+                job_iterations=cfg.iterations + (distill.total if distill and not max_seconds else 0),
+            )
+            finished, stage, iters, seconds = info["finished"], 1, info["iteration"], info["seconds"]
+            sh_degree = info["sh_degree"]
+        else:
+            model, finished = Gaussians(distill_state["params"]), True
+            iters, seconds, sh_degree = cfg.iterations, 0.0, cfg.sh_degree
         files = {"gaussians": "point_cloud.ply"}
-        result = {"iterations": info["iteration"], "seconds": round(info["seconds"], 1), "gaussians": len(model)}
-        if test_views:
-            ev = evaluate_views(model, test_views, info["sh_degree"], backend, cap.background)
+        if finished and distill is not None and not max_seconds:
+            d_stop = stop_at - cfg.iterations if stop_at is not None else None
+            model, light, vis, dinfo = train_distill(
+                train_views, model, distill, out, progress, backend, cap.background, camera_extent(train_views),
+                resume_state=distill_state, stop_at=d_stop, seed=cfg.seed, offset=cfg.iterations,
+            )
+            finished, stage = dinfo["finished"], distill.stage_of(max(dinfo["iteration"], 1))
+            iters, seconds = cfg.iterations + dinfo["iteration"], seconds + dinfo["seconds"]
+            if finished:
+                write_environment(light, out / "environment.exr")
+                vis.save(out / "visibility.npz")
+                map_views = test_views or train_views[::8]
+                records = write_view_maps(
+                    model, light, get_brdf_lut(), vis, map_views, distill, backend, cap.background, out / "maps"
+                )
+                write_json(out / "maps.json", {"views": records})
+                files.update(environment="environment.exr", visibility="visibility.npz", maps="maps.json")
+        model.save_ply(out / "point_cloud.ply")
+        result = {"iterations": iters, "seconds": round(seconds, 1), "gaussians": len(model)}
+        if test_views and finished:
+            if stage == 1:
+                ev = evaluate_views(model, test_views, sh_degree, backend, cap.background)
+            else:
+                ev = evaluate_distilled(model, light, vis, test_views, distill, backend, cap.background)
             write_json(out / "eval.json", {**ev, **result, "backend": backend})
             files["eval"] = "eval.json"
             result.update(psnr=round(ev["psnr"], 3), ssim=round(ev["ssim"], 4))
-        status = "complete" if info["finished"] or max_seconds else "paused"
-        manifest = update_manifest(out, status=status, stage=1, result=result, files=files)
-        progress.emit("done", stage=1, **result)
+        status = "complete" if finished or max_seconds else "paused"
+        manifest = update_manifest(out, status=status, stage=stage, result=result, files=files)
+        progress.emit("done", stage=stage, **result)
         return manifest
     except BaseException as exc:
         status = "cancelled" if type(exc).__name__ == "Cancelled" else "failed"
@@ -109,8 +147,6 @@ def run_train(
 
 def run_eval(out: Path, device: str = "auto") -> dict:
     """Re-evaluate a finished run's held-out views from its PLY."""
-    from .train.gaussians import Gaussians, read_ply
-
     manifest = read_manifest(out)
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     if not run["hold_out_every"]:
@@ -119,7 +155,17 @@ def run_eval(out: Path, device: str = "auto") -> dict:
     cap = load_capture(run["capture"], resolution=run["resolution"], downscale=run["downscale"],
                        background=tuple(run["background"]) if run["background"] else None)
     _, test_views = cap.split(run["hold_out_every"])
-    params, _ = read_ply(out / manifest["files"]["gaussians"])
-    ev = evaluate_views(Gaussians(params), test_views, run["config"]["sh_degree"], backend, cap.background)
+    model = Gaussians.load_ply(out / manifest["files"]["gaussians"])
+    if model.has_pbr and "environment" in manifest["files"]:
+        from .shading.envmap import EnvironmentLight
+        from .shading.hdr_io import read_exr
+        from .shading.visibility import VisibilityGrid
+
+        cfg = DistillConfig(**run["distill"])
+        light = EnvironmentLight(cfg.light_resolution, init=read_exr(out / manifest["files"]["environment"]))
+        vis = VisibilityGrid.load(out / manifest["files"]["visibility"])
+        ev = evaluate_distilled(model, light, vis, test_views, cfg, backend, cap.background)
+    else:
+        ev = evaluate_views(model, test_views, run["config"]["sh_degree"], backend, cap.background)
     write_json(out / "eval.json", {**ev, "backend": backend})
     return ev

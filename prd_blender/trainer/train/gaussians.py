@@ -22,9 +22,43 @@ class Gaussians:
     treat them uniformly. scales are log-scales, opacities logits, quats unnormalised (w first)."""
 
     NAMES = ("means", "quats", "scales", "opacities", "sh0", "shN")
+    # PRD's material and distillation progress, as logits (sigmoid gives values in [0, 1]).
+    PBR_NAMES = ("albedo", "roughness", "metallic", "progress")
 
     def __init__(self, params: dict[str, torch.Tensor]):
-        self.params = {k: params[k].detach().clone().requires_grad_(True) for k in self.NAMES}
+        names = self.NAMES + tuple(k for k in self.PBR_NAMES if k in params)
+        self.params = {k: params[k].detach().clone().requires_grad_(True) for k in names}
+
+    @property
+    def has_pbr(self) -> bool:
+        return all(k in self.params for k in self.PBR_NAMES)
+
+    def add_pbr(self, albedo: float = 0.99, roughness: float = 0.99, metallic: float = 1.0, progress: float = 0.01):
+        """Start stage 2: constant material and a small distillation progress everywhere (DESIGN.md §3)."""
+        n = len(self)
+
+        def logit(v: float, width: int) -> torch.Tensor:
+            v = min(max(v, 1e-4), 1 - 1e-4)
+            return torch.full((n, width), math.log(v / (1 - v))).requires_grad_(True)
+
+        self.params.update(
+            albedo=logit(albedo, 3), roughness=logit(roughness, 1), metallic=logit(metallic, 1),
+            progress=logit(progress, 1),
+        )
+
+    def pbr(self, name: str) -> torch.Tensor:
+        """Activated material channel: albedo (N, 3), roughness / metallic / progress (N, 1)."""
+        return torch.sigmoid(self.params[name])
+
+    def normals(self, cam_centre: torch.Tensor) -> torch.Tensor:
+        """Each Gaussian's shortest axis, flipped to face the camera (N, 3)."""
+        from ..raster.projection import quat_to_rotmat
+
+        rot = quat_to_rotmat(self.quats)
+        idx = self.params["scales"].argmin(dim=1)
+        n = torch.gather(rot, 2, idx[:, None, None].expand(-1, 3, 1)).squeeze(-1)
+        facing = ((cam_centre - self.means) * n).sum(-1, keepdim=True)
+        return torch.where(facing < 0, -n, n)
 
     def __len__(self) -> int:
         return int(self.params["means"].shape[0])
@@ -83,8 +117,29 @@ class Gaussians:
         return {k: v.detach().clone() for k, v in self.params.items()}
 
     def save_ply(self, path: Path) -> None:
-        """Binary little-endian PLY with the fields standard 3DGS viewers read."""
-        write_ply(path, self.state_dict())
+        """Binary little-endian PLY with the fields standard 3DGS viewers read, then PBR fields if any."""
+        extra = {}
+        if self.has_pbr:
+            with torch.no_grad():
+                a = self.pbr("albedo").numpy()
+                extra = {"albedo_0": a[:, 0], "albedo_1": a[:, 1], "albedo_2": a[:, 2]}
+                for k in ("roughness", "metallic", "progress"):
+                    extra[k] = self.pbr(k)[:, 0].numpy()
+        write_ply(path, self.state_dict(), extra)
+
+    @classmethod
+    def load_ply(cls, path: Path) -> Gaussians:
+        """Inverse of ``save_ply`` (PBR fields come back as logits)."""
+        params, extra = read_ply(path)
+        if all(k in extra for k in ("albedo_0", "roughness", "metallic", "progress")):
+            def logit(v: np.ndarray) -> torch.Tensor:
+                t = torch.from_numpy(np.clip(v, 1e-6, 1 - 1e-6)).float()
+                return torch.log(t / (1 - t))
+
+            params["albedo"] = torch.stack([logit(extra[f"albedo_{i}"]) for i in range(3)], 1)
+            for k in ("roughness", "metallic", "progress"):
+                params[k] = logit(extra[k])[:, None]
+        return cls(params)
 
 
 def _knn_mean_sq_dist(pts: torch.Tensor, k: int) -> torch.Tensor:

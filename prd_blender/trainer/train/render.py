@@ -53,3 +53,46 @@ def render_radiance(
     )
     img = out.features + (1 - out.alpha[..., None]) * background
     return img, out
+
+
+# Order of the channels splatted for deferred shading (12 features; depth comes with the rasteriser).
+PBR_CHANNELS = {"albedo": 3, "roughness": 1, "metallic": 1, "progress": 1, "normal": 3, "raw": 3}
+
+
+def pixel_rays(cam: Camera) -> torch.Tensor:
+    """World-space direction (H, W, 3) through each pixel centre, scaled so its camera z is 1."""
+    ys, xs = torch.meshgrid(
+        torch.arange(cam.height, dtype=torch.float32) + 0.5, torch.arange(cam.width, dtype=torch.float32) + 0.5,
+        indexing="ij",
+    )
+    d_cam = torch.stack([(xs - cam.K[0, 2]) / cam.K[0, 0], (ys - cam.K[1, 2]) / cam.K[1, 1], torch.ones_like(xs)], -1)
+    return d_cam @ cam.viewmat[:3, :3]  # rows times R = R^T applied: camera -> world
+
+
+def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str) -> dict[str, torch.Tensor]:
+    """Splat every PRD channel once; return per-pixel maps normalised by coverage.
+
+    Keys: the PBR_CHANNELS (normal renormalised), ``coverage`` (H, W, 1), ``depth`` (H, W, 1),
+    ``position`` (H, W, 3) world space, ``view`` (H, W, 3) unit vector from the surface to the camera.
+    """
+    dirs = F.normalize(model.means.detach() - cam.centre, dim=-1)
+    feats = {
+        "albedo": model.pbr("albedo"), "roughness": model.pbr("roughness"), "metallic": model.pbr("metallic"),
+        "progress": model.pbr("progress"), "normal": model.normals(cam.centre),
+        "raw": eval_sh(model.sh, dirs, sh_degree).clamp_min(0),
+    }
+    stacked = torch.cat([feats[k] for k in PBR_CHANNELS], dim=1)
+    out = rasterization(
+        model.means, model.quats, model.scales, model.opacities, stacked, cam.viewmat, cam.K,
+        cam.width, cam.height, backend=backend,
+    )
+    cov = out.alpha[..., None]
+    maps = dict(zip(PBR_CHANNELS, torch.split(out.features / cov.clamp_min(1e-6), list(PBR_CHANNELS.values()), -1),
+                    strict=True))
+    maps["normal"] = F.normalize(maps["normal"], dim=-1)
+    maps["coverage"] = cov
+    maps["depth"] = out.depth[..., None]
+    maps["position"] = cam.centre + pixel_rays(cam) * maps["depth"]
+    maps["view"] = F.normalize(cam.centre - maps["position"], dim=-1)
+    maps["_out"] = out
+    return maps

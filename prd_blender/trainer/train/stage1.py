@@ -121,10 +121,12 @@ def train_stage1(
     resume: bool = False,
     max_seconds: float | None = None,
     stop_at: int | None = None,
+    job_iterations: int | None = None,
 ) -> tuple[Gaussians, dict]:
     """Train (or resume) stage 1; returns the model and a summary (iteration, seconds, sh_degree).
 
-    Writes ``checkpoint.pt`` into ``out_dir``.
+    Writes ``checkpoint.pt`` into ``out_dir``. ``job_iterations``: the whole job's iteration count (all
+    stages), so that progress events show one bar and one time-left estimate for the job.
     """
     ckpt_path = out_dir / "checkpoint.pt"
     cams = [Camera.from_view(v) for v in train_views]
@@ -198,11 +200,12 @@ def train_stage1(
             now = time.time()
             if it % cfg.log_every == 0 or it == cfg.iterations:
                 per_it = (now - t_start) / (it - it0)
+                total = job_iterations or cfg.iterations
                 progress.emit(
-                    "progress", stage=1, iteration=it, iterations=cfg.iterations, loss=round(loss_ema, 5),
+                    "progress", stage=1, iteration=it, iterations=total, loss=round(loss_ema, 5),
                     psnr=round(psnr_ema, 3), gaussians=len(model), sh_degree=degree,
                     elapsed_s=round(elapsed0 + now - t_start, 1),
-                    eta_s=round(per_it * (cfg.iterations - it), 1),
+                    eta_s=round(per_it * (total - it), 1),
                 )
             timed_out = (max_seconds is not None and elapsed0 + now - t_start >= max_seconds) or it == stop_at
             if it % cfg.checkpoint_every == 0 or now - last_ckpt >= cfg.checkpoint_seconds or flag.stop or timed_out:

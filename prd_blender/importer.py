@@ -1,0 +1,186 @@
+"""Bring a run's results into Blender: the capture's cameras and a preview of the Gaussians.
+
+Reads only the hand-off folder (docs/handoff.md): ``manifest.json``, ``cameras.json``, ``point_cloud.ply``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from . import ply
+
+SENSOR_WIDTH_MM = 36.0
+
+
+class ImportError_(ValueError):
+    """The folder cannot be imported; the message is for the user."""
+
+
+def read_manifest(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ImportError_(f"{path.parent} is not a reconstruction output folder (no manifest.json)") from exc
+    except (OSError, ValueError) as exc:
+        raise ImportError_(f"{path} cannot be read: {exc}") from exc
+    if data.get("format") != "prd-output":
+        raise ImportError_(f"{path} is not a prd manifest")
+    return data
+
+
+def camera_intrinsics(rec: dict) -> dict:
+    """Blender camera settings reproducing a pinhole camera (fx, cx, cy in pixels, pixel centres at +0.5).
+
+    The sensor fit is horizontal, so the focal length and both shifts are in units of the image width
+    (Blender measures shift in units of the fitted sensor dimension). OpenCV's v axis points down,
+    Blender's shift_y up, hence the opposite signs.
+    """
+    w, h = float(rec["width"]), float(rec["height"])
+    return {
+        "sensor_fit": "HORIZONTAL",
+        "sensor_width": SENSOR_WIDTH_MM,
+        "lens": float(rec["fx"]) * SENSOR_WIDTH_MM / w,
+        "shift_x": (w / 2.0 - float(rec["cx"])) / w,
+        "shift_y": (float(rec["cy"]) - h / 2.0) / w,
+    }
+
+
+def _collection(name: str, parent: bpy.types.Collection) -> bpy.types.Collection:
+    coll = bpy.data.collections.new(name)
+    parent.children.link(coll)
+    return coll
+
+
+def import_cameras(out_dir: str | Path, parent: bpy.types.Collection, scene: bpy.types.Scene | None = None,
+                   set_resolution: bool = True) -> list[bpy.types.Object]:
+    """One Blender camera per view of ``cameras.json``, in a new collection under ``parent``."""
+    path = Path(out_dir) / "cameras.json"
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["cameras"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ImportError_(f"{path} cannot be read: {exc}") from exc
+    coll = _collection("Cameras", parent)
+    objs = []
+    for rec in records:
+        name = Path(rec.get("name", "view")).stem or "view"
+        cam = bpy.data.cameras.new(name)
+        for key, value in camera_intrinsics(rec).items():
+            setattr(cam, key, value)
+        cam.display_size = 0.2
+        obj = bpy.data.objects.new(name, cam)
+        obj.matrix_world = Matrix(rec["cam_to_world_blender"])
+        # Keep what Blender cannot hold per camera (image size, file, split) for later tools.
+        obj["prd_width"], obj["prd_height"] = int(rec["width"]), int(rec["height"])
+        obj["prd_split"] = str(rec.get("split", ""))
+        obj["prd_image"] = str(rec.get("image", ""))
+        coll.objects.link(obj)
+        objs.append(obj)
+    if set_resolution and scene is not None and records:
+        # Render resolution is per scene in Blender; use the training views' size (same for all views).
+        scene.render.resolution_x = int(records[0]["width"])
+        scene.render.resolution_y = int(records[0]["height"])
+        scene.render.pixel_aspect_x = 1.0
+        scene.render.pixel_aspect_y = float(records[0]["fx"]) / float(records[0]["fy"])
+        scene.render.resolution_percentage = 100
+    return objs
+
+
+def _set_attribute(mesh: bpy.types.Mesh, name: str, values: np.ndarray) -> None:
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if values.ndim == 1:
+        attr = mesh.attributes.new(name, "FLOAT", "POINT")
+        attr.data.foreach_set("value", values.ravel())
+    elif values.shape[1] == 3 and name in ("color", "albedo"):
+        attr = mesh.attributes.new(name, "FLOAT_COLOR", "POINT")
+        rgba = np.concatenate([values, np.ones((len(values), 1), np.float32)], 1)
+        attr.data.foreach_set("color", rgba.ravel())
+    else:
+        attr = mesh.attributes.new(name, "FLOAT_VECTOR", "POINT")
+        attr.data.foreach_set("vector", values.ravel())
+
+
+def _preview_material() -> bpy.types.Material:
+    """Emission of the 'color' attribute: shows the radiance field's colour in Material/Rendered view."""
+    mat = bpy.data.materials.new("PRD Gaussians Preview")
+    if bpy.app.version < (5, 0, 0):
+        mat.use_nodes = True  # always on (and deprecated) from Blender 5.0
+    nt = mat.node_tree
+    nt.nodes.clear()
+    attr = nt.nodes.new("ShaderNodeAttribute")
+    attr.attribute_name = "color"
+    emit = nt.nodes.new("ShaderNodeEmission")
+    out = nt.nodes.new("ShaderNodeOutputMaterial")
+    nt.links.new(attr.outputs["Color"], emit.inputs["Color"])
+    nt.links.new(emit.outputs["Emission"], out.inputs["Surface"])
+    return mat
+
+
+def _points_modifier(obj: bpy.types.Object, mat: bpy.types.Material) -> None:
+    """Geometry Nodes: vertices -> points sized by each Gaussian's largest axis, so the object is visible
+    (a vertex-only mesh shows nothing in Object Mode) and keeps its attributes for shading."""
+    tree = bpy.data.node_groups.new("PRD Gaussians to Points", "GeometryNodeTree")
+    tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    n = tree.nodes
+    gin, gout = n.new("NodeGroupInput"), n.new("NodeGroupOutput")
+    to_points = n.new("GeometryNodeMeshToPoints")
+    radius = n.new("GeometryNodeInputNamedAttribute")
+    radius.data_type = "FLOAT"
+    radius.inputs["Name"].default_value = "radius"
+    set_mat = n.new("GeometryNodeSetMaterial")
+    set_mat.inputs["Material"].default_value = mat
+    tree.links.new(gin.outputs[0], to_points.inputs["Mesh"])
+    tree.links.new(radius.outputs["Attribute"], to_points.inputs["Radius"])
+    tree.links.new(to_points.outputs["Points"], set_mat.inputs["Geometry"])
+    tree.links.new(set_mat.outputs["Geometry"], gout.inputs[0])
+    mod = obj.modifiers.new("Gaussians to Points", "NODES")
+    mod.node_group = tree
+
+
+def import_gaussians(out_dir: str | Path, parent: bpy.types.Collection, ply_name: str = "point_cloud.ply",
+                     points_modifier: bool = True) -> bpy.types.Object:
+    """The Gaussians as a vertex mesh with per-point attributes (color, opacity, radius, PBR when present)."""
+    path = Path(out_dir) / ply_name
+    try:
+        attrs = ply.gaussian_attributes(ply.read_vertices(path))
+    except FileNotFoundError as exc:
+        raise ImportError_(f"{path} does not exist yet: the run has not finished") from exc
+    except (OSError, ply.PlyError) as exc:
+        raise ImportError_(str(exc)) from exc
+    pos = attrs.pop("position")
+    mesh = bpy.data.meshes.new("PRD Gaussians")
+    mesh.vertices.add(len(pos))
+    mesh.vertices.foreach_set("co", pos.ravel())
+    for name, values in attrs.items():
+        _set_attribute(mesh, name, values)
+    mesh.update()
+    obj = bpy.data.objects.new("PRD Gaussians", mesh)
+    parent.objects.link(obj)
+    if points_modifier:
+        mat = _preview_material()
+        mesh.materials.append(mat)
+        _points_modifier(obj, mat)
+    return obj
+
+
+def import_result(context: bpy.types.Context, out_dir: str | Path, cameras: bool = True,
+                  gaussians: bool = True) -> dict:
+    """Import a run into a new collection named after the output folder; returns what was made."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    root = _collection(f"PRD {out_dir.name or 'result'}", context.scene.collection)
+    made: dict = {"collection": root, "cameras": [], "gaussians": None}
+    if cameras:
+        made["cameras"] = import_cameras(out_dir, root, context.scene)
+    if gaussians:
+        ply_name = manifest.get("files", {}).get("gaussians")
+        if not ply_name:
+            raise ImportError_(f"{out_dir}: the run has no Gaussians yet (status: {manifest.get('status', '?')})")
+        made["gaussians"] = import_gaussians(out_dir, root, ply_name)
+    return made

@@ -1,0 +1,99 @@
+"""Scene properties of the Reconstruct panel (``scene.prd``): the job's settings and its live status."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+SOURCES = [
+    ("COLMAP", "COLMAP Model", "A COLMAP sparse model (binary or text), or a project folder holding one"),
+    ("TRANSFORMS", "transforms.json", "A NeRF / nerfstudio / instant-ngp transforms.json, or a folder holding one"),
+    ("PHOTOS", "Photo Folder", "A folder of photos (needs structure-from-motion: not supported yet)"),
+    ("SCENE", "Scene Cameras", "The cameras and renders of the current scene (not supported yet)"),
+]
+QUALITIES = [
+    ("PREVIEW", "Preview", "256 px: 2,000 radiance-field iterations, 3 x 300 material iterations"),
+    ("STANDARD", "Standard", "512 px: 7,000 radiance-field iterations, 3 x 1,000 material iterations"),
+    ("HIGH", "High", "Full resolution: 30,000 radiance-field iterations, 3 x 3,000 material iterations"),
+    ("CUSTOM", "Custom", "Choose iterations and resolution"),
+]
+DEVICES = [
+    ("auto", "Auto", "CUDA (gsplat) when the trainer sees an NVIDIA GPU, else the CPU backend"),
+    ("cuda", "CUDA", "NVIDIA GPU through gsplat; fails when unavailable"),
+    ("cpu", "CPU", "The compiled CPU backend (slower, runs everywhere)"),
+]
+STATUSES = [
+    ("IDLE", "Idle", ""), ("RUNNING", "Running", ""), ("CANCELLING", "Cancelling", ""),
+    ("DONE", "Done", ""), ("PAUSED", "Paused", ""), ("CANCELLED", "Cancelled", ""), ("FAILED", "Failed", ""),
+]
+
+
+def source_problem(source: str) -> str:
+    """Why a capture source cannot be used yet ("" when it can); shown by poll() and the panel."""
+    if source == "PHOTOS":
+        return ("A photo folder needs camera poses from structure-from-motion first (not built in yet): "
+                "run COLMAP on the photos and choose 'COLMAP Model'")
+    if source == "SCENE":
+        return "Reconstructing from the scene's cameras is not supported yet: render a transforms.json capture"
+    return ""
+
+
+class PRD_PG_job(bpy.types.PropertyGroup):
+    source: EnumProperty(name="Source", items=SOURCES, default="COLMAP",
+                         description="What kind of capture to reconstruct from")
+    colmap_path: StringProperty(name="COLMAP", subtype="DIR_PATH",
+                                description="COLMAP sparse model folder (or the project folder holding sparse/0)")
+    transforms_path: StringProperty(name="transforms.json", subtype="FILE_PATH",
+                                    description="transforms.json (or transforms_train.json) of the capture")
+    photos_path: StringProperty(name="Photos", subtype="DIR_PATH", description="Folder of photos")
+    output_dir: StringProperty(name="Output", subtype="DIR_PATH",
+                               description="New or empty folder for the results (or an earlier run to resume)")
+    overwrite: BoolProperty(name="Replace Earlier Run", default=False,
+                            description="Replace the results of an earlier run in the output folder")
+    quality: EnumProperty(name="Quality", items=QUALITIES, default="STANDARD")
+    iterations: IntProperty(name="Iterations", default=7000, min=1, soft_max=60000,
+                            description="Stage-1 training iterations (Custom quality, and the target of Resume)")
+    distill_iterations: IntProperty(
+        name="Material Iterations", default=1000, min=0, soft_max=10000,
+        description="Iterations of each material/light stage (2-4) of PRD; 0 = radiance field only (Custom quality)")
+    resolution: IntProperty(name="Resolution", default=512, min=0, soft_max=4096, subtype="PIXEL",
+                            description="Longer image side in pixels; 0 = full resolution (Custom quality)")
+    device: EnumProperty(name="Device", items=DEVICES, default="auto")
+    import_gaussians: BoolProperty(name="Gaussians Preview", default=True,
+                                   description="Also import the Gaussians as a point preview object")
+
+    # Live status, written by the job timer (operators.poll_job); read-only in the UI.
+    status: EnumProperty(name="Status", items=STATUSES, default="IDLE")
+    message: StringProperty(name="Message")
+    stage: IntProperty(name="Stage")
+    iteration: IntProperty(name="Iteration")
+    total_iterations: IntProperty(name="Iterations")
+    psnr: FloatProperty(name="PSNR", precision=2)
+    loss: FloatProperty(name="Loss", precision=4)
+    eta_s: FloatProperty(name="Time Left", default=-1.0)
+    gaussians: IntProperty(name="Gaussians")
+    backend: StringProperty(name="Backend")
+    progress: FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR")
+    log_path: StringProperty(name="Log", subtype="FILE_PATH")
+    result_dir: StringProperty(name="Result", subtype="DIR_PATH")
+
+    def capture_path(self) -> str:
+        """The absolute path of the chosen capture ('' when not set)."""
+        raw = {"COLMAP": self.colmap_path, "TRANSFORMS": self.transforms_path, "PHOTOS": self.photos_path}.get(
+            self.source, "")
+        return bpy.path.abspath(raw) if raw else ""
+
+    def output_path(self) -> str:
+        return bpy.path.abspath(self.output_dir) if self.output_dir else ""
+
+
+CLASSES = (PRD_PG_job,)
+
+
+def register() -> None:
+    bpy.types.Scene.prd = bpy.props.PointerProperty(type=PRD_PG_job)
+
+
+def unregister() -> None:
+    if hasattr(bpy.types.Scene, "prd"):
+        del bpy.types.Scene.prd

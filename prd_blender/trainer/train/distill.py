@@ -1,0 +1,307 @@
+"""Stages 2-4 of PRD: distil physically based light and material out of the stage-1 radiance field.
+
+Per pixel: I = a * tonemap(I_phy) + (1 - a) * I_raw, where a is the splatted distillation progress
+(DESIGN.md §3). Stage 2 fits the specular lobe alone (metallic fixed to 1); stage 3 bakes visibility,
+frees metallic and adds the diffuse term plus the progress and light losses; stage 4 refines everything
+with a slower progress learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..capture import View
+from ..shading.brdf_lut import BrdfLut, get_brdf_lut
+from ..shading.diffuse import diffuse_irradiance, irradiance_sh
+from ..shading.envmap import EnvironmentLight
+from ..shading.shade import linear_to_srgb
+from ..shading.visibility import VisibilityGrid, bake_visibility
+from .checkpoint import load_checkpoint, save_checkpoint
+from .gaussians import Gaussians
+from .losses import image_loss, psnr
+from .progress import Progress
+from .render import Camera, render_pbr_maps
+from .stage1 import Cancelled, _StopFlag
+
+
+@dataclass
+class DistillConfig:
+    stage2: int = 1_000
+    stage3: int = 1_000
+    stage4: int = 1_000
+    # Material and progress start saturated (sigmoid logits of 0.99 / 0.01) and Adam moves a logit by
+    # about the learning rate per step: 0.05 lets them cross the range within ~100 iterations.
+    lr_albedo: float = 0.05
+    lr_roughness: float = 0.05
+    lr_metallic: float = 0.05
+    lr_progress: float = 0.05
+    lr_progress_stage4: float = 0.01
+    lr_light: float = 0.01
+    lr_means: float = 1.6e-6  # times the scene extent: geometry keeps refining, slowly
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 0.05
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    mask_weight: float = 0.08
+    light_weight: float = 0.003
+    light_resolution: int = 128
+    visibility_resolution: int = 64
+    tonemap: str = "srgb"  # "srgb" for captures rendered with a Standard view transform, "aces" for photos
+    real_scene: bool = False  # no mask: progress target 1 everywhere, light frozen in stage 4
+    propagate_every: int = 500  # 3DGS-DR normal propagation in stage 2 (0: off)
+    propagate_hold: int = 100
+    checkpoint_every: int = 500
+    log_every: int = 10
+    ssim_weight: float = 0.2
+    sh_degree: int = 3
+    # Ablations: "prd" (the method), "direct" (progress forced to 1 from stage 2 on),
+    # "no_losses" (stages without the progress and light losses).
+    variant: str = "prd"
+
+    def stage_of(self, it: int) -> int:
+        if it <= self.stage2:
+            return 2
+        if it <= self.stage2 + self.stage3:
+            return 3
+        return 4
+
+    @property
+    def total(self) -> int:
+        return self.stage2 + self.stage3 + self.stage4
+
+
+def tonemap(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "srgb":
+        return linear_to_srgb(x.clamp(0, 1))
+    if kind == "aces":
+        from ..shading.shade import aces_filmic
+
+        return aces_filmic(x)
+    raise ValueError(f"unknown tone map {kind!r}")
+
+
+def shade_maps(
+    maps: dict, light: EnvironmentLight, lut: BrdfLut, vis: VisibilityGrid | None, stage: int, cfg: DistillConfig
+) -> dict[str, torch.Tensor]:
+    """Deferred shading of splatted maps: returns I_phy (linear), its tone-mapped form and the blend."""
+    albedo, rough = maps["albedo"], maps["roughness"]
+    metal = torch.ones_like(maps["metallic"]) if stage == 2 else maps["metallic"]
+    n, v = maps["normal"], maps["view"]
+    n_dot_v = (n * v).sum(-1, keepdim=True).clamp(1e-4, 1)
+    refl = 2 * n_dot_v * n - v
+    f0 = 0.04 * (1 - metal) + albedo * metal
+    scale, bias = lut.lookup(n_dot_v, rough)
+    spec = light.specular(refl.reshape(-1, 3), rough.reshape(-1)).reshape(refl.shape) * (f0 * scale + bias)
+    if stage == 2:
+        phy = spec
+    else:
+        shape = n.shape
+        l_sh = light.sh_coeffs(order=2)
+        if vis is None:
+            irr = irradiance_sh(n.reshape(-1, 3), l_sh).reshape(shape)
+        else:
+            v_sh = vis.query(maps["position"].reshape(-1, 3))
+            irr = diffuse_irradiance(n.reshape(-1, 3), v_sh, l_sh).reshape(shape)
+        phy = (1 - metal) * albedo / math.pi * irr + spec
+    progress = maps["progress"]
+    if cfg.variant == "direct":
+        progress = torch.ones_like(progress)
+    phy_display = tonemap(phy, cfg.tonemap)
+    blend = progress * phy_display + (1 - progress) * maps["raw"]
+    return {"phy": phy, "phy_display": phy_display, "blend": blend, "progress": progress}
+
+
+def composite(img: torch.Tensor, coverage: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    return img * coverage + (1 - coverage) * background
+
+
+def light_grey_loss(light: EnvironmentLight) -> torch.Tensor:
+    """Mean absolute deviation of each channel from the texel's channel mean: pushes light to grey."""
+    rad = light.cube()
+    return (rad - rad.mean(-1, keepdim=True)).abs().mean()
+
+
+def _surface_bounds(model: Gaussians) -> tuple[np.ndarray, np.ndarray]:
+    """Box around the opaque Gaussians, ignoring stray floaters (0.5 / 99.5 percentiles, 5 % margin)."""
+    m = model.means.detach().numpy()
+    solid = m[model.opacities.detach().numpy() > 0.3]
+    if len(solid) < 16:
+        solid = m
+    lo, hi = np.percentile(solid, 0.5, axis=0), np.percentile(solid, 99.5, axis=0)
+    pad = 0.05 * (hi - lo).max()
+    return lo - pad, hi + pad
+
+
+def _optimizers(model: Gaussians, light: EnvironmentLight, cfg: DistillConfig, extent: float) -> dict:
+    lrs = {
+        "means": cfg.lr_means * extent, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
+        "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "albedo": cfg.lr_albedo,
+        "roughness": cfg.lr_roughness, "metallic": cfg.lr_metallic, "progress": cfg.lr_progress,
+    }
+    opt = {k: torch.optim.Adam([model.params[k]], lr=lr, eps=1e-15) for k, lr in lrs.items()}
+    opt["light"] = torch.optim.Adam(light.parameters(), lr=cfg.lr_light)
+    return opt
+
+
+def _set_stage_lrs(opt: dict, stage: int, cfg: DistillConfig, held: bool) -> None:
+    """Which parameters learn in which stage (DESIGN.md §3)."""
+    opt["metallic"].param_groups[0]["lr"] = 0.0 if stage == 2 else cfg.lr_metallic
+    progress_lr = cfg.lr_progress_stage4 if stage == 4 else cfg.lr_progress
+    opt["progress"].param_groups[0]["lr"] = 0.0 if cfg.variant == "direct" else progress_lr
+    opt["light"].param_groups[0]["lr"] = 0.0 if (stage == 4 and cfg.real_scene) else cfg.lr_light
+    opt["opacities"].param_groups[0]["lr"] = 0.0 if held else cfg.lr_opacities
+
+
+def _propagate_normals(model: Gaussians, opt: dict) -> None:
+    """3DGS-DR's trick: raise opacity, enlarge reflective Gaussians' two larger axes, jitter the rest's colour.
+
+    Opaque, wider reflective Gaussians occlude their neighbours, so the normals that explain a reflection
+    spread over the surface instead of staying on a few Gaussians.
+    """
+    with torch.no_grad():
+        op = model.params["opacities"]
+        op.copy_(torch.maximum(op, torch.full_like(op, math.log(0.9 / 0.1))))
+        reflective = model.pbr("progress")[:, 0] > 0.1
+        sc = model.params["scales"]
+        big = sc.argsort(dim=1)[:, 1:]
+        grow = torch.zeros_like(sc).scatter_(1, big, math.log(1.5))
+        sc.add_(grow * reflective[:, None])
+        dc = model.params["sh0"]
+        dc.add_(torch.randn_like(dc) * 0.1 * (~reflective)[:, None, None])
+    for k in ("opacities", "scales", "sh0"):
+        st = opt[k].state.get(model.params[k])
+        if st:
+            st["exp_avg"].zero_()
+            st["exp_avg_sq"].zero_()
+
+
+def train_distill(
+    train_views: list[View],
+    model: Gaussians,
+    cfg: DistillConfig,
+    out_dir: Path,
+    progress: Progress,
+    backend: str,
+    background: tuple[float, float, float],
+    extent: float,
+    resume_state: dict | None = None,
+    stop_at: int | None = None,
+    seed: int = 0,
+    offset: int = 0,
+) -> tuple[Gaussians, EnvironmentLight, VisibilityGrid | None, dict]:
+    """Run stages 2-4 after stage 1 (or resume inside them). Iterations count from 1 across the stages;
+    progress events add ``offset`` (stage 1's iterations) so the job shows one running count."""
+    ckpt_path = out_dir / "checkpoint.pt"
+    cams = [Camera.from_view(v) for v in train_views]
+    bg = torch.tensor(background, dtype=torch.float32)
+    lut = get_brdf_lut()
+    torch.manual_seed(seed + 2)
+    if resume_state is not None:
+        model = Gaussians(resume_state["params"])
+        light = EnvironmentLight(cfg.light_resolution)
+        light.load_state_dict(resume_state["light"])
+        it0, order, cursor = resume_state["iteration"], resume_state["order"], resume_state["cursor"]
+        vis = VisibilityGrid(**resume_state["visibility"]) if resume_state.get("visibility") else None
+        elapsed0 = resume_state.get("elapsed", 0.0)
+    else:
+        if not model.has_pbr:
+            model.add_pbr()
+        light = EnvironmentLight(cfg.light_resolution)
+        it0, order, cursor, vis, elapsed0 = 0, [], 0, None, 0.0
+    opt = _optimizers(model, light, cfg, extent)
+    if resume_state is not None:
+        for k, o in opt.items():
+            o.load_state_dict(resume_state["optim"][k])
+    hold_until = resume_state.get("hold_until", 0) if resume_state else 0
+
+    def checkpoint(it: int, elapsed: float) -> None:
+        save_checkpoint(ckpt_path, {
+            "stage": cfg.stage_of(max(it, 1)), "distill": True, "iteration": it, "params": model.state_dict(),
+            "light": light.state_dict(), "optim": {k: o.state_dict() for k, o in opt.items()},
+            "visibility": dataclasses.asdict(vis) if vis is not None else None, "order": list(order), "cursor": cursor,
+            "hold_until": hold_until, "elapsed": elapsed,
+        })
+        progress.emit("checkpoint", stage=cfg.stage_of(max(it, 1)), iteration=offset + it, path=str(ckpt_path))
+
+    t_start = time.time()
+    it = it0
+    ema = None
+    with _StopFlag() as flag:
+        for it in range(it0 + 1, cfg.total + 1):
+            stage = cfg.stage_of(it)
+            if stage >= 3 and vis is None:
+                t0 = time.time()
+                with torch.no_grad():
+                    vis = bake_visibility(
+                        model.means.detach(), model.scales.detach(), model.quats.detach(),
+                        model.opacities.detach(), resolution=cfg.visibility_resolution,
+                        bounds=_surface_bounds(model),
+                    )
+                progress.emit("visibility", stage=3, iteration=offset + it, seconds=round(time.time() - t0, 1),
+                              resolution=cfg.visibility_resolution)
+            if stage == 2 and cfg.propagate_every and it % cfg.propagate_every == 0 and it < cfg.stage2:
+                _propagate_normals(model, opt)
+                hold_until = it + cfg.propagate_hold
+            _set_stage_lrs(opt, stage, cfg, held=it <= hold_until)
+            if cursor >= len(order):
+                order = torch.randperm(len(cams)).tolist()
+                cursor = 0
+            cam = cams[order[cursor]]
+            cursor += 1
+            maps = render_pbr_maps(model, cam, cfg.sh_degree, backend)
+            sh = shade_maps(maps, light, lut, vis, stage, cfg)
+            img = composite(sh["blend"], maps["coverage"], bg)
+            loss = image_loss(img, cam.image, cfg.ssim_weight)
+            if stage >= 3 and cfg.variant != "no_losses":
+                target = cam.mask[..., None] if (cam.mask is not None and not cfg.real_scene) else None
+                splat_progress = sh["progress"] * maps["coverage"]
+                if target is None:
+                    target = maps["coverage"].detach()  # real scenes: progress 1 wherever there is surface
+                loss = loss + cfg.mask_weight * ((splat_progress - target) ** 2).mean()
+                loss = loss + cfg.light_weight * light_grey_loss(light)
+            loss.backward()
+            for o in opt.values():
+                o.step()
+                o.zero_grad(set_to_none=True)
+            lv = loss.item()
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"loss became {lv} at distillation iteration {it}")
+            pv = psnr(img.detach(), cam.image)
+            ema = (lv, pv) if ema is None else (0.9 * ema[0] + 0.1 * lv, 0.9 * ema[1] + 0.1 * pv)
+            now = time.time()
+            if it % cfg.log_every == 0 or it == cfg.total:
+                per_it = (now - t_start) / (it - it0)
+                progress.emit(
+                    "progress", stage=stage, iteration=offset + it, iterations=offset + cfg.total,
+                    loss=round(ema[0], 5),
+                    psnr=round(ema[1], 3), gaussians=len(model),
+                    progress_mean=round(model.pbr("progress").mean().item(), 4),
+                    elapsed_s=round(elapsed0 + now - t_start, 1), eta_s=round(per_it * (cfg.total - it), 1),
+                )
+            if it % cfg.checkpoint_every == 0 or flag.stop or it == stop_at:
+                checkpoint(it, elapsed0 + now - t_start)
+            if flag.stop:
+                raise Cancelled(f"stopped at distillation iteration {it}; resume with --resume")
+            if it == stop_at:
+                progress.emit("paused", stage=stage, iteration=offset + it)
+                break
+    if it % cfg.checkpoint_every != 0 and it != stop_at:
+        checkpoint(it, elapsed0 + time.time() - t_start)
+    info = {"iteration": it, "seconds": elapsed0 + time.time() - t_start, "finished": it >= cfg.total}
+    return model, light, vis, info
+
+
+def load_distill_state(path: Path) -> dict | None:
+    """The checkpoint if it is from stages 2-4, else None."""
+    state = load_checkpoint(path)
+    return state if state.get("distill") else None
+
+

@@ -1,0 +1,210 @@
+"""The Blender side driving the real trainer subprocess (CPU, tiny runs), headless bpy.
+
+The UI's own timer callback (``operators.poll_job``) is called in a loop here instead of Blender's event
+loop, and every call is timed: that is the main-thread stall a user would feel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from blender_util import SAMPLE, bpy_or_skip, copy_capture, drive, enable_addon, reset_props
+
+bpy = bpy_or_skip()
+
+from prd_blender import job as jobmod  # noqa: E402
+from prd_blender import operators  # noqa: E402
+
+STALL_LIMIT_S = 0.050
+
+
+@pytest.fixture()
+def scene():
+    enable_addon()
+    sc = bpy.context.scene
+    reset_props(sc)
+    yield sc
+    if operators.job_running():  # never leave a trainer behind
+        operators._job.proc.kill()
+        drive(operators.poll_job, 30)
+
+
+def _start(scene, capture: Path, out: Path, iterations: int, resolution: int = 32, distill: int = 0) -> float:
+    scene.prd.transforms_path = str(capture)
+    scene.prd.output_dir = str(out)
+    scene.prd.iterations = iterations
+    scene.prd.distill_iterations = distill
+    scene.prd.resolution = resolution
+    t0 = time.perf_counter()
+    assert bpy.ops.prd.start() == {"FINISHED"}
+    return time.perf_counter() - t0
+
+
+def test_end_to_end_job_import_and_main_thread_stall(scene, tmp_path):
+    out = tmp_path / "résultat with spaces"
+    # All four PRD stages: 20 radiance-field iterations, then 3 x 5 material/light iterations.
+    start_s = _start(scene, SAMPLE, out, iterations=20, distill=5)
+    assert scene.prd.status == "RUNNING" and not bpy.ops.prd.start.poll()  # one job at a time
+    seen = []
+
+    def poll():
+        r = operators.poll_job()
+        seen.append((scene.prd.iteration, scene.prd.total_iterations))
+        return r
+
+    stalls = drive(poll, 120)
+    props = scene.prd
+    assert props.status == "DONE", props.message
+    assert props.iteration == 35 and props.total_iterations == 35 and props.progress == 1.0
+    assert props.gaussians > 0 and props.psnr > 0 and props.backend == "cpu"
+    assert any(0 < it < 35 for it, _ in seen), "progress events arrive while the job runs"
+    worst = max(stalls)
+    print(f"\nmain-thread stall: start operator {start_s * 1e3:.1f} ms; poll_job max {worst * 1e3:.2f} ms, "
+          f"mean {np.mean(stalls) * 1e3:.3f} ms over {len(stalls)} calls")
+    assert worst < STALL_LIMIT_S and start_s < 0.25
+
+    # The log: the trainer's JSON lines plus stderr, live in the user folder, copied to the output folder.
+    log = Path(props.log_path)
+    assert log.is_file() and '"event": "done"' in log.read_text(encoding="utf-8")
+    assert (out / jobmod.JOB_LOG_NAME).is_file() and (out / "progress.jsonl").is_file()
+    assert bpy.ops.prd.open_log() == {"FINISHED"}
+    assert '"event": "done"' in bpy.data.texts["PRD Log"].as_string()
+
+    # Bring the results back: cameras as Blender cameras, Gaussians as a point preview with attributes.
+    before = set(bpy.data.objects)
+    t0 = time.perf_counter()
+    assert bpy.ops.prd.import_result() == {"FINISHED"}
+    print(f"import of 48 cameras + Gaussians: {(time.perf_counter() - t0) * 1e3:.0f} ms (a user action, not a timer)")
+    new = set(bpy.data.objects) - before
+    cams = [o for o in new if o.type == "CAMERA"]
+    records = json.loads((out / "cameras.json").read_text(encoding="utf-8"))["cameras"]
+    assert len(cams) == len(records) == 48
+    gauss = [o for o in new if o.type == "MESH"]
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert len(gauss) == 1 and len(gauss[0].data.vertices) == manifest["result"]["gaussians"]
+    attrs = gauss[0].data.attributes
+    assert {"color", "opacity", "radius"} <= set(attrs.keys())
+    op = np.empty(len(gauss[0].data.vertices), np.float32)
+    attrs["opacity"].data.foreach_get("value", op)
+    assert 0 <= op.min() and op.max() <= 1
+    assert gauss[0].modifiers[0].type == "NODES"
+    assert scene.render.resolution_x == 32
+
+
+def test_imported_camera_projects_like_the_opencv_record(scene, tmp_path):
+    """Focal length, principal point (shift) and pose: project a point with Blender and with the record."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    from prd_blender import importer
+
+    out = tmp_path / "o"
+    out.mkdir()
+    w, h = 64, 48
+    w2c = np.eye(4)
+    w2c[:3, 3] = [0.1, -0.2, 4.0]  # OpenCV: camera looks down +z
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV <-> Blender camera axes
+    c2w_blender = np.linalg.inv(w2c) @ flip
+    rec = {"name": "v", "split": "train", "width": w, "height": h, "fx": 70.0, "fy": 70.0, "cx": 30.0, "cy": 27.5,
+           "world_to_cam_opencv": w2c.tolist(), "cam_to_world_blender": c2w_blender.tolist(), "image": "v.png"}
+    (out / "cameras.json").write_text(json.dumps({"cameras": [rec]}), encoding="utf-8")
+    coll = bpy.data.collections.new("t")
+    scene.collection.children.link(coll)
+    cam = importer.import_cameras(out, coll, scene)[0]
+    bpy.context.view_layer.update()
+    for p in ([0.3, 0.2, 0.5], [-0.4, 0.1, -0.3]):
+        pc = w2c @ np.array(p + [1.0])
+        u, v = rec["fx"] * pc[0] / pc[2] + rec["cx"], rec["fy"] * pc[1] / pc[2] + rec["cy"]
+        ndc = world_to_camera_view(scene, cam, Vector(p))
+        # Blender: (0, 0) bottom-left, (1, 1) top-right of the frame.
+        assert ndc.x * w == pytest.approx(u, abs=1e-3) and (1 - ndc.y) * h == pytest.approx(v, abs=1e-3)
+
+
+def test_cancel_then_resume(scene, tmp_path):
+    out = tmp_path / "run"
+    _start(scene, SAMPLE, out, iterations=5000)
+    drive(operators.poll_job, 120, until=lambda: scene.prd.iteration >= 20)
+    assert bpy.ops.prd.cancel() == {"FINISHED"}
+    assert scene.prd.status == "CANCELLING"
+    drive(operators.poll_job, 90)
+    assert scene.prd.status == "CANCELLED", scene.prd.message
+    assert "Resume" in scene.prd.message and (out / "checkpoint.pt").is_file()
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["status"] == "cancelled"
+    stopped = operators._job.state.checkpoint_iteration
+    assert stopped >= 20
+
+    # A new start would clobber the run: refused with a message pointing at Resume.
+    with pytest.raises(RuntimeError, match="Resume"):
+        bpy.ops.prd.start()
+    assert bpy.ops.prd.resume.poll()
+    scene.prd.iterations = stopped + 20
+    assert bpy.ops.prd.resume() == {"FINISHED"}
+    drive(operators.poll_job, 120)
+    assert scene.prd.status == "DONE", scene.prd.message
+    assert scene.prd.iteration == stopped + 20
+    assert (out / "point_cloud.ply").is_file()
+
+
+def test_corrupt_image_names_the_file(scene, tmp_path):
+    cap = copy_capture(tmp_path / "capture ü é")
+    (cap / "train" / "r_005.png").write_bytes(b"this is not a png")
+    _start(scene, cap, tmp_path / "out ø", iterations=20)
+    drive(operators.poll_job, 120)
+    assert scene.prd.status == "FAILED"
+    assert "r_005.png" in scene.prd.message, scene.prd.message
+    assert scene.prd.message.startswith("Bad input")
+
+
+def test_missing_interpreter_is_a_clear_message(scene, tmp_path):
+    prefs = enable_addon()
+    prefs.python_path = str(tmp_path / "no such env" / "python")
+    scene.prd.transforms_path = str(SAMPLE)
+    scene.prd.output_dir = str(tmp_path / "o")
+    with pytest.raises(RuntimeError, match="Trainer Python not found"):
+        bpy.ops.prd.start()
+    assert scene.prd.status == "FAILED" and "preferences" in scene.prd.message
+    assert not operators.job_running()
+    prefs.python_path = ""
+    with pytest.raises(RuntimeError, match="No trainer Python is set"):
+        bpy.ops.prd.start()
+
+
+def test_cuda_requested_without_cuda_is_a_clear_message(scene, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    scene.prd.device = "cuda"
+    _start(scene, SAMPLE, tmp_path / "o", iterations=5)
+    drive(operators.poll_job, 120)
+    assert scene.prd.status == "FAILED"
+    assert "CUDA" in scene.prd.message and "Device: CPU" in scene.prd.message, scene.prd.message
+
+
+def test_unsupported_sources_explain_themselves(scene):
+    for source, words in (("PHOTOS", "structure-from-motion"), ("SCENE", "not supported")):
+        scene.prd.source = source
+        assert not bpy.ops.prd.start.poll()
+        from prd_blender.properties import source_problem
+
+        assert words in source_problem(source)
+    scene.prd.source = "TRANSFORMS"
+    with pytest.raises(RuntimeError, match="output folder"):
+        bpy.ops.prd.start()
+
+
+def test_train_command_and_failure_messages(tmp_path):
+    argv = jobmod.train_command("py", "cap dir", tmp_path / "ø", iterations=10, resolution=32, device="cpu")
+    assert argv == ["py", "-m", "prd_blender.trainer", "train", "cap dir", "--out", str(tmp_path / "ø"),
+                    "--device", "cpu", "--iterations", "10", "--resolution", "32"]
+    resume = jobmod.train_command("py", "c", "o", iterations=10, resolution=32, resume=True, overwrite=True)
+    assert "--resume" in resume and "--resolution" not in resume and "--overwrite" not in resume
+    # A trainer Python without torch: the message says what to do.
+    j = jobmod.TrainerJob("py", "c", tmp_path / "o")
+    j.proc = jobmod.BackgroundProcess(["x"])
+    j.proc.stderr_tail.extend(["Traceback (most recent call last):", "ModuleNotFoundError: No module named 'torch'"])
+    assert "no torch" in j._failure_message(1)
+    assert "killed" in j._failure_message(-9)
