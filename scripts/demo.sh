@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PRD_WITH_BLENDER=0 bash scripts/setup_env.sh
 OUT=${1:-out/sample}
-ARGS=(--out "$OUT" --hold-out 8 --iterations "${PRD_ITERATIONS:-3000}")
+ARGS=(--out "$OUT" --hold-out 8 --iterations "${PRD_ITERATIONS:-3000}" --distill-iterations "${PRD_DISTILL_ITERATIONS:-500}")
 [ -f "$OUT/manifest.json" ] && ARGS+=(--overwrite)
 .venv/bin/prd train samples/sample_capture "${ARGS[@]}"
 echo "Results in $OUT (manifest.json names every file)."
