@@ -17,16 +17,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
-import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+# Shared with make_relight_benchmark.py; the script's own folder is on sys.path when run as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bpy_scene import (  # noqa: E402
+    GOLDEN_ANGLE,
+    Z_MAX,
+    Z_MIN,
+    add_camera,
+    fibonacci_directions,
+    import_bpy,
+    setup_render,
+    strip_png_text,
+)
+from _bpy_scene import link as _link  # noqa: E402
 
 HDRI_NAME = "courtyard.exr"
 HDRI_STRENGTH = 0.5
@@ -34,38 +45,6 @@ CAMERA_RADIUS = 4.0
 # Fraction of the frame width covered by the object's bounding sphere; the bounding sphere is
 # conservative, so the silhouette itself spans ~60-65 % of the frame (measured).
 FILL_FRACTION = 0.8
-# Camera elevations are spread uniformly in z = sin(elevation) over this range: mostly the upper
-# hemisphere, plus a band of below-horizon views so the underside is not completely unobserved.
-Z_MIN, Z_MAX = -0.35, 0.95
-GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
-
-
-def import_bpy() -> ModuleType:
-    """Import bpy with its user resources redirected to a throwaway folder.
-
-    bpy otherwise creates/reads ~/.config/blender (user prefs, add-ons), which would make the
-    render depend on the machine and litter the home directory. The variable must be set before
-    the module is imported, hence the deferred import.
-    """
-    os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="prd_blender_user_")
-    import bpy
-
-    return bpy
-
-
-def fibonacci_directions(n: int, azimuth_offset: float = 0.0) -> list[tuple[float, float, float]]:
-    """Deterministic, near-uniform unit directions on the spherical band Z_MIN <= z <= Z_MAX."""
-    dirs = []
-    for i in range(n):
-        z = Z_MAX - (Z_MAX - Z_MIN) * (i + 0.5) / n
-        r = math.sqrt(max(0.0, 1.0 - z * z))
-        phi = i * GOLDEN_ANGLE + azimuth_offset
-        dirs.append((r * math.cos(phi), r * math.sin(phi), z))
-    return dirs
-
-
-def _link(nt: Any, out_socket: Any, in_socket: Any) -> None:
-    nt.links.new(out_socket, in_socket)
 
 
 def _glossy_material(bpy: ModuleType) -> Any:
@@ -178,55 +157,6 @@ def setup_world(bpy: ModuleType, hdri: str, strength: float) -> None:
     bg.inputs["Strength"].default_value = strength
 
 
-def setup_render(bpy: ModuleType, size: int, samples: int, seed: int) -> None:
-    scene = bpy.context.scene
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = samples
-    scene.cycles.seed = seed
-    scene.cycles.use_denoising = True
-    try:
-        scene.cycles.denoiser = "OPENIMAGEDENOISE"
-    except TypeError:  # build without OIDN: fall back to the raw (noisier) render
-        scene.cycles.use_denoising = False
-    scene.render.resolution_x = scene.render.resolution_y = size
-    scene.render.resolution_percentage = 100
-    # Alpha = object mask; the HDRI still lights the object but is not visible behind it.
-    scene.render.film_transparent = True
-    # Standard view transform: the 8-bit PNG is the plain sRGB encoding of the linear render, which
-    # is what the trainer assumes (AgX/Filmic would bake a tone curve into the "ground truth").
-    vs = scene.view_settings
-    vs.view_transform = "Standard"
-    vs.look = "None"
-    vs.exposure = 0.0
-    vs.gamma = 1.0
-    scene.display_settings.display_device = "sRGB"
-    img = scene.render.image_settings
-    img.file_format = "PNG"
-    img.color_mode = "RGBA"
-    img.color_depth = "8"
-    img.compression = 100  # smallest files; encoding time is negligible next to rendering
-    # No date/render-time/hostname metadata in the PNGs (see also strip_png_text): regenerating
-    # gives byte-identical files (Cycles on CPU with a fixed seed is deterministic), so git only
-    # sees real changes.
-    for prop in scene.render.bl_rna.properties.keys():
-        if prop.startswith("use_stamp"):
-            setattr(scene.render, prop, False)
-
-
-def strip_png_text(path: Path) -> None:
-    """Drop textual PNG chunks in place (Cycles always writes its timings there), without re-encoding."""
-    data = path.read_bytes()
-    out, pos = [data[:8]], 8  # 8-byte signature, then chunks: length, type, payload, CRC
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        end = pos + 12 + length
-        if data[pos + 4 : pos + 8] not in (b"tEXt", b"zTXt", b"iTXt"):
-            out.append(data[pos:end])
-        pos = end
-    path.write_bytes(b"".join(out))
-
-
 def render_split(
     bpy: ModuleType, cam: Any, out: Path, split: str, dirs: list[tuple[float, float, float]]
 ) -> dict[str, Any]:
@@ -314,15 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_world(bpy, args.hdri, args.hdri_strength)
         setup_render(bpy, args.size, args.samples, args.seed)
 
-        cam_data = bpy.data.cameras.new("SampleCamera")
-        cam_data.sensor_fit = "HORIZONTAL"
         # Fixed FOV so that the bounding sphere spans FILL_FRACTION of the frame from CAMERA_RADIUS.
-        half_extent = radius / math.sqrt(CAMERA_RADIUS**2 - radius**2)
-        cam_data.angle = 2.0 * math.atan(half_extent / FILL_FRACTION)
-        cam_data.clip_start, cam_data.clip_end = 0.1, 100.0
-        cam = bpy.data.objects.new("SampleCamera", cam_data)
-        bpy.context.scene.collection.objects.link(cam)
-        bpy.context.scene.camera = cam
+        cam = add_camera(bpy, "SampleCamera", radius, CAMERA_RADIUS, FILL_FRACTION)
 
         out: Path = args.out
         out.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bn.add_argument("--out", type=Path, help="run folder (default: a temporary folder)")
     bn.add_argument("--json", type=Path, default=Path("docs/benchmarks/nvs_lego.json"))
+    brl = bsub.add_parser("relight", help="PRD vs Cycles ground truth on the synthetic relighting objects")
+    brl.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser(),
+                     help="output of scripts/make_relight_benchmark.py")
+    brl.add_argument("--objects", default="diffuse,glossy,mixed")
+    brl.add_argument("--variants", default="prd,direct,no_losses")
+    brl.add_argument("--iterations", type=int, default=3000, help="stage-1 iterations")
+    brl.add_argument("--distill-iterations", type=int, default=1000, help="iterations of each of stages 2-4")
+    brl.add_argument("--hdri-dir", type=Path, default=Path("../shared/data/hdri"))
+    brl.add_argument("--json", type=Path, default=Path("docs/benchmarks/relight.json"))
     return p
 
 
@@ -124,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             from .bench.nvs import bench_nvs
 
             bench_nvs(args.data, args.resolution, args.iterations, args.max_seconds, args.device, args.out, args.json)
+        elif args.bench == "relight":
+            from .bench.relight import bench_relight
+
+            bench_relight(args.data, args.objects.split(","), args.variants.split(","), args.iterations,
+                          args.distill_iterations, args.hdri_dir, args.json)
     except (CaptureError, OutputFolderError) as exc:
         print(f"prd: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,122 @@
+"""``prd bench relight``: PRD against Cycles ground truth (novel views, relighting, albedo, normals,
+roughness) on the synthetic objects of ``scripts/make_relight_benchmark.py``, with the ablations.
+
+Stage 1 is trained once per object and shared by every variant, so variants differ only in stages 2-4.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..capture import load_capture
+from ..shading.brdf_lut import get_brdf_lut
+from ..shading.envmap import EnvironmentLight
+from ..shading.hdr_io import read_image
+from ..shading.shade import linear_to_srgb
+from ..train.distill import DistillConfig, composite, shade_maps, train_distill
+from ..train.losses import psnr as psnr_t
+from ..train.progress import Progress
+from ..train.render import Camera, render_pbr_maps
+from ..train.stage1 import Stage1Config, camera_extent, train_stage1
+from .common import record, table
+from .relight_data import load_relight_object, mae, normal_angle_error_deg, psnr, scale_fit, scale_fit_psnr
+
+VARIANTS = {"prd": "PRD", "direct": "(a) no distillation", "no_losses": "(b) no progress/light losses"}
+
+
+@torch.no_grad()
+def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri_dir: Path) -> dict:
+    """All metrics of one trained variant on the object's test views (means over views)."""
+    lut = get_brdf_lut()
+    bg = torch.ones(3)
+    relights = {}
+    for h in obj.relight_hdris:
+        info = next(x for x in obj.meta["relight_hdris"] if x["name"] == h)
+        env = read_image(hdri_dir / info["file"]) * float(info.get("strength", 1.0))
+        relights[h] = EnvironmentLight(cfg.light_resolution, init=env)
+    m = {"nvs_psnr": [], "relight_psnr": [], "albedo_psnr": [], "normal_deg": [], "roughness_mae": [],
+         "metallic_mae": [], "progress_mean": []}
+    for view, gt in zip(test_views, obj.views, strict=True):
+        cam = Camera.from_view(view)
+        maps = render_pbr_maps(model, cam, cfg.sh_degree, "cpu")
+        sh = shade_maps(maps, light, lut, vis, 4, cfg)
+        img = composite(sh["blend"], maps["coverage"], bg).clamp(0, 1)
+        m["nvs_psnr"].append(psnr_t(img, cam.image))
+        mask = gt.mask > 0.5
+        m["albedo_psnr"].append(scale_fit_psnr(maps["albedo"].numpy(), gt.albedo, mask))
+        m["normal_deg"].append(normal_angle_error_deg(maps["normal"].numpy(), gt.normal, mask))
+        m["roughness_mae"].append(mae(maps["roughness"][..., 0].numpy(), gt.roughness, mask))
+        m["metallic_mae"].append(mae(maps["metallic"][..., 0].numpy(), gt.metallic, mask))
+        m["progress_mean"].append(float(maps["progress"][..., 0].numpy()[mask].mean()))
+        for h, lt in relights.items():
+            phy = shade_maps(maps, lt, lut, vis, 4, cfg)["phy"].numpy()
+            if h in gt.relit_linear:
+                # The light/albedo scale is ambiguous: fit it per channel in linear, compare in display space.
+                s = scale_fit(phy, gt.relit_linear[h][..., :3], mask)
+                pred = linear_to_srgb(torch.from_numpy(np.clip(phy * s, 0, 1))).numpy()
+                m["relight_psnr"].append(psnr(pred, gt.relit[h][..., :3], mask))
+            else:
+                pred = linear_to_srgb(torch.from_numpy(np.clip(phy, 0, 1))).numpy()
+                m["relight_psnr"].append(scale_fit_psnr(pred, gt.relit[h][..., :3], mask))
+    return {k: float(np.mean(v)) for k, v in m.items()}
+
+
+def bench_relight(
+    data: Path, objects: list[str], variants: list[str], iterations: int, distill_iterations: int,
+    hdri_dir: Path, json_path: Path | None,
+) -> dict:
+    results: dict = {"objects": {}, "iterations": iterations, "distill_iterations": distill_iterations}
+    rows = []
+    for name in objects:
+        obj = load_relight_object(data / name)
+        train = load_capture(obj.train_transforms).views
+        test = load_capture(obj.test_transforms).views
+        prog = Progress(None, quiet=True)
+        t0 = time.time()
+        s1 = Stage1Config(iterations=iterations)
+        with _tmpdir() as tmp:
+            model1, _ = train_stage1(train, s1, tmp, prog, "cpu", (1.0, 1.0, 1.0))
+            t_stage1 = time.time() - t0
+            per = {"stage1_seconds": round(t_stage1, 1), "variants": {}}
+            for var in variants:
+                cfg = DistillConfig(stage2=distill_iterations, stage3=distill_iterations, stage4=distill_iterations,
+                                    variant=var)
+                t1 = time.time()
+                model, light, vis, _ = train_distill(
+                    train, copy.deepcopy(model1), cfg, tmp, prog, "cpu", (1.0, 1.0, 1.0), camera_extent(train)
+                )
+                secs = time.time() - t1
+                met = evaluate_object(model, light, vis, cfg, obj, test, hdri_dir)
+                met["train_seconds"] = round(t_stage1 + secs, 1)
+                per["variants"][var] = met
+                rows.append([name, VARIANTS[var], f"{met['nvs_psnr']:.2f}", f"{met['relight_psnr']:.2f}",
+                             f"{met['albedo_psnr']:.2f}", f"{met['normal_deg']:.1f}", f"{met['roughness_mae']:.3f}",
+                             f"{met['progress_mean']:.2f}", f"{met['train_seconds']:.0f}"])
+                print(table(rows[-1:], HEADER), flush=True)
+        results["objects"][name] = per
+    means = {}
+    for var in variants:
+        vals = [results["objects"][o]["variants"][var] for o in objects]
+        means[var] = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
+    results["mean"] = means
+    print(table(rows, HEADER))
+    return record(json_path, results)
+
+
+HEADER = ["object", "variant", "NVS dB", "relight dB", "albedo dB", "normal deg", "rough MAE", "progress", "train s"]
+
+
+class _tmpdir:
+    def __enter__(self) -> Path:
+        import tempfile
+
+        self._t = tempfile.TemporaryDirectory()
+        return Path(self._t.name)
+
+    def __exit__(self, *exc):
+        self._t.cleanup()

@@ -1,0 +1,138 @@
+"""The relighting benchmark: metric helpers (numpy only) and a --quick render read back by the loader (needs bpy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prd_blender.trainer.bench.relight_data import (
+    load_relight_object,
+    mae,
+    normal_angle_error_deg,
+    psnr,
+    scale_fit_psnr,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "make_relight_benchmark.py"
+HDRI_DIR = REPO.parent / "shared" / "data" / "hdri"
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_psnr_known_values() -> None:
+    gt = np.random.default_rng(0).uniform(0.2, 0.8, (8, 8, 3))
+    assert psnr(gt, gt) == float("inf")
+    assert psnr(gt + 0.1, gt) == pytest.approx(20.0)
+    mask = np.zeros((8, 8), bool)
+    mask[:4] = True
+    pred = gt.copy()
+    pred[4:] = 0.0  # errors outside the mask do not count
+    assert psnr(pred, gt, mask) == float("inf")
+
+
+def test_scale_fit_psnr_removes_per_channel_scale() -> None:
+    gt = np.random.default_rng(1).uniform(0.1, 0.9, (16, 16, 3))
+    mask = np.ones((16, 16))
+    pred = gt / np.array([0.5, 2.0, 3.0])
+    assert psnr(pred, gt, mask) < 20.0
+    assert scale_fit_psnr(pred, gt, mask) > 100.0
+    noisy = pred + np.random.default_rng(2).normal(0, 0.01, pred.shape)
+    assert 30.0 < scale_fit_psnr(noisy, gt, mask) < 60.0
+    assert scale_fit_psnr(gt[..., 0] * 4.0, gt[..., 0], mask) > 100.0  # single-channel maps too
+
+
+def test_normal_angle_error_and_mae() -> None:
+    gt = np.zeros((4, 4, 3))
+    gt[..., 2] = 1.0
+    pred = np.zeros((4, 4, 3))
+    pred[..., 0] = 2.0  # not unit length: renormalised
+    mask = np.ones((4, 4), bool)
+    assert normal_angle_error_deg(pred, gt, mask) == pytest.approx(90.0)
+    assert normal_angle_error_deg(gt * 3.0, gt, mask) == pytest.approx(0.0, abs=1e-6)
+    mask[:2] = False
+    pred[:2] = gt[:2]
+    assert normal_angle_error_deg(pred, gt, mask) == pytest.approx(90.0)
+    r = np.full((4, 4), 0.5)
+    assert mae(r + 0.2, r, mask) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="mask shape"):
+        mae(r, r, np.ones((3, 3)))
+
+
+def test_missing_files_have_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="object folder not found"):
+        load_relight_object(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        load_relight_object(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- rendered
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("bpy")
+    if not (HDRI_DIR / "pedestrian_overpass_1k.hdr").is_file():
+        pytest.skip(f"HDRIs not available in {HDRI_DIR}")
+    out = tmp_path_factory.mktemp("relight_bench")
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--hdri-dir", str(HDRI_DIR)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=180)
+    return out
+
+
+def _on(mask: np.ndarray) -> np.ndarray:
+    return mask > 0.5
+
+
+@pytest.mark.parametrize("kind", ["diffuse", "glossy", "mixed"])
+def test_quick_benchmark_loads(quick_bench: Path, kind: str) -> None:
+    obj = load_relight_object(quick_bench / kind)
+    assert obj.name == kind and obj.hdri == "pedestrian_overpass_1k"
+    assert obj.relight_hdris == ["quarry_01_1k", "spruit_sunrise_1k"]
+    assert obj.mesh is not None and obj.mesh.read_bytes().startswith(b"ply\n")
+    assert len(obj.views) == 2
+    train = json.loads(obj.train_transforms.read_text())["frames"]
+    assert len(train) == 8 and len(list((quick_bench / kind / "train").glob("r_*.png"))) == 8
+    train_pos = [np.asarray(f["transform_matrix"])[:3, 3] for f in train]
+    for v in obj.views:
+        # Test cameras are not training cameras.
+        assert min(np.linalg.norm(v.transform[:3, 3] - p) for p in train_pos) > 0.1
+        h, w = v.mask.shape
+        assert (h, w) == (32, 32)
+        assert v.image.shape == (h, w, 4) and v.linear.shape == (h, w, 4)
+        assert v.albedo.shape == (h, w, 3) and v.normal.shape == (h, w, 3)
+        assert v.roughness.shape == v.metallic.shape == (h, w)
+        for a in (v.image, v.linear, v.albedo, v.roughness, v.metallic, v.normal, v.mask):
+            assert a.dtype == np.float32 and np.isfinite(a).all()
+        on = _on(v.mask)
+        assert 0.05 < on.mean() < 0.8 and (v.mask == 0).mean() > 0.2  # object and background
+        np.testing.assert_allclose(v.image[..., 3], v.mask, atol=2 / 255)  # PNG alpha = EXR alpha
+        np.testing.assert_allclose(np.linalg.norm(v.normal[on], axis=-1), 1.0, atol=1e-4)
+        assert (v.albedo[on] >= 0).all() and (v.albedo[on] <= 1).all()
+        # AOVs equal the material values (exactly where the material is constant).
+        if kind == "diffuse":
+            np.testing.assert_allclose(v.roughness[on], 0.9, atol=1e-5)
+            np.testing.assert_allclose(v.metallic[on], 0.0, atol=1e-6)
+            assert v.albedo[on].std(axis=0).min() > 0.05  # textured
+        elif kind == "glossy":
+            np.testing.assert_allclose(v.roughness[on], 0.15, atol=1e-5)
+            np.testing.assert_allclose(v.metallic[on], 1.0, atol=1e-5)
+            np.testing.assert_allclose(v.albedo[on], np.broadcast_to([0.955, 0.638, 0.538], v.albedo[on].shape), 1e-5)
+        else:
+            assert v.roughness[on].min() > 0.1 - 1e-5 and v.roughness[on].max() < 0.7 + 1e-5
+            assert v.roughness[on].std() > 0.05
+            assert (v.metallic[on] < 0.01).mean() > 0.1 and (v.metallic[on] > 0.99).mean() > 0.1
+        # Relit views: same geometry, different lighting.
+        for hdri in obj.relight_hdris:
+            relit = v.relit[hdri]
+            assert relit.shape == (h, w, 4)
+            np.testing.assert_allclose(relit[..., 3], v.image[..., 3], atol=4 / 255)
+            assert v.relit_linear[hdri].shape == (h, w, 4)
+            # Even after the free per-channel scale the shading differs from the training lighting.
+            assert scale_fit_psnr(relit[..., :3], v.image[..., :3], on) < 35.0, (kind, hdri)
