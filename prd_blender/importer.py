@@ -6,6 +6,7 @@ Reads only the hand-off folder (docs/handoff.md): ``manifest.json``, ``cameras.j
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import bpy
@@ -169,6 +170,48 @@ def import_gaussians(out_dir: str | Path, parent: bpy.types.Collection, ply_name
     return obj
 
 
+def _linear_colorspace(image: bpy.types.Image) -> None:
+    # The EXR holds linear radiance; name it explicitly (the default guess depends on the file and version).
+    names = {item.identifier for item in image.colorspace_settings.bl_rna.properties["name"].enum_items}
+    for name in ("Linear Rec.709", "Linear", "Non-Color"):
+        if name in names:
+            image.colorspace_settings.name = name
+            return
+
+
+def import_world(out_dir: str | Path, scene: bpy.types.Scene, strength: float = 1.0,
+                 rotation_deg: float = 0.0) -> bpy.types.World:
+    """The recovered environment as the scene's World (DESIGN.md §4):
+    Texture Coordinate -> Mapping (Z rotation) -> Environment Texture (linear) -> Background -> World Output."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    env_name = manifest.get("files", {}).get("environment")
+    if not env_name or not (out_dir / env_name).is_file():
+        raise ImportError_(f"{out_dir}: the run has no recovered environment map yet (train all four stages)")
+    world = bpy.data.worlds.new(f"PRD Environment ({out_dir.name or 'result'})")
+    if world.node_tree is None:  # Blender < 5 creates the tree only on request
+        world.use_nodes = True
+    nodes, links = world.node_tree.nodes, world.node_tree.links
+    nodes.clear()
+    coord = nodes.new("ShaderNodeTexCoord")
+    mapping = nodes.new("ShaderNodeMapping")
+    mapping.inputs["Rotation"].default_value[2] = math.radians(rotation_deg)
+    env = nodes.new("ShaderNodeTexEnvironment")
+    env.image = bpy.data.images.load(str(out_dir / env_name), check_existing=True)
+    _linear_colorspace(env.image)
+    bg = nodes.new("ShaderNodeBackground")
+    bg.inputs["Strength"].default_value = strength
+    out = nodes.new("ShaderNodeOutputWorld")
+    links.new(coord.outputs["Generated"], mapping.inputs["Vector"])
+    links.new(mapping.outputs["Vector"], env.inputs["Vector"])
+    links.new(env.outputs["Color"], bg.inputs["Color"])
+    links.new(bg.outputs["Background"], out.inputs["Surface"])
+    for i, node in enumerate((coord, mapping, env, bg, out)):
+        node.location = (i * 260 - 600, 0)
+    scene.world = world
+    return world
+
+
 def import_result(context: bpy.types.Context, out_dir: str | Path, cameras: bool = True,
                   gaussians: bool = True) -> dict:
     """Import a run into a new collection named after the output folder; returns what was made."""
@@ -183,4 +226,7 @@ def import_result(context: bpy.types.Context, out_dir: str | Path, cameras: bool
         if not ply_name:
             raise ImportError_(f"{out_dir}: the run has no Gaussians yet (status: {manifest.get('status', '?')})")
         made["gaussians"] = import_gaussians(out_dir, root, ply_name)
+    made["world"] = None
+    if manifest.get("files", {}).get("environment"):
+        made["world"] = import_world(out_dir, context.scene)
     return made

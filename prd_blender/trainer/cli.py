@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--dest", type=Path, help="folder for the PNGs (default OUT/relight/<hdri name>)")
     rl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    ms = sub.add_parser("mesh", help="extract a textured mesh + GLB (PBR textures) from a finished run")
+    ms.add_argument("out", type=Path, help="a finished run folder")
+    ms.add_argument("--quality", default="standard", choices=["preview", "standard", "high"],
+                    help="target faces: preview 20k, standard 100k, high 300k")
+    ms.add_argument("--texture-size", type=int, default=1024, choices=[512, 1024, 2048])
+    ms.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
     e = sub.add_parser("eval", help="PSNR/SSIM of a finished run on its held-out views")
     e.add_argument("out", type=Path)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -88,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--distill-iterations", type=int, default=1000, help="iterations of each of stages 2-4")
     brl.add_argument("--hdri-dir", type=Path, default=Path("../shared/data/hdri"))
     brl.add_argument("--json", type=Path, default=Path("docs/benchmarks/relight.json"))
+    bm = bsub.add_parser("mesh", help="baked mesh vs ground-truth geometry and albedo on the synthetic objects")
+    bm.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser())
+    bm.add_argument("--objects", default="diffuse,glossy,mixed")
+    bm.add_argument("--runs", type=Path, required=True, help="folder of run folders <object>/ (trained if missing)")
+    bm.add_argument("--quality", default="standard", choices=["preview", "standard", "high"])
+    bm.add_argument("--texture-size", type=int, default=1024, choices=[512, 1024, 2048])
+    bm.add_argument("--iterations", type=int, default=3000, help="stage-1 iterations when a run must be trained")
+    bm.add_argument("--distill-iterations", type=int, default=1000)
+    bm.add_argument("--resolution", type=int, default=128)
+    bm.add_argument("--json", type=Path, default=Path("docs/benchmarks/mesh.json"))
     return p
 
 
@@ -125,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
                 dest=args.dest, device=args.device,
             )
             print(json.dumps({"event": "relit", "views": len(paths), "folder": str(paths[0].parent)}))
+        elif args.command == "mesh":
+            from .asset import bake_asset
+
+            summary = bake_asset(args.out, quality=args.quality, texture_size=args.texture_size, device=args.device)
+            print(json.dumps({"event": "mesh", **summary}))
+        elif args.bench == "mesh":
+            from .asset.bench import bench_mesh
+
+            bench_mesh(args.data, args.objects.split(","), args.runs, args.quality, args.texture_size,
+                       args.iterations, args.distill_iterations, args.resolution, args.json)
         elif args.bench == "raster":
             from .bench.raster import bench_raster
 

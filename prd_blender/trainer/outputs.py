@@ -20,6 +20,8 @@ VERSION = 1
 OWN_FILES = (
     MANIFEST, "run.json", "progress.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "point_cloud.ply",
     "point_cloud.ply.tmp", "cameras.json", "eval.json", "environment.exr", "visibility.npz", "maps.json",
+    # ``prd mesh`` (prd_blender.trainer.asset)
+    "mesh.ply", "mesh_albedo.png", "mesh_orm.png", "mesh_normal.png", "mesh.glb",
 )
 
 

@@ -7,6 +7,7 @@ Stage 1 is trained once per object and shared by every variant, so variants diff
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -70,7 +71,11 @@ def bench_relight(
     data: Path, objects: list[str], variants: list[str], iterations: int, distill_iterations: int,
     hdri_dir: Path, json_path: Path | None,
 ) -> dict:
-    results: dict = {"objects": {}, "iterations": iterations, "distill_iterations": distill_iterations}
+    results: dict = {
+        "objects": {}, "iterations": iterations, "distill_iterations": distill_iterations,
+        "distill_config": dataclasses.asdict(DistillConfig(stage2=distill_iterations, stage3=distill_iterations,
+                                                           stage4=distill_iterations)),
+    }
     rows = []
     for name in objects:
         obj = load_relight_object(data / name)

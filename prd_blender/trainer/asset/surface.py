@@ -1,0 +1,496 @@
+"""Surface extraction from Gaussians: render depth + coverage from many views, fuse them into a TSDF,
+marching cubes, keep the main component, close cavities, simplify to a face budget, orient outward.
+
+Why a TSDF over rendered depth rather than, say, thresholding Gaussian density: the splatted expected depth
+is what the training loss actually constrained, so it is the best-defined surface the Gaussians encode; the
+density of individual Gaussians is not (thin shells, overlapping blobs). Background pixels carve free space
+(space carving), which closes the surface and removes floaters that no view sees against the object.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from ..raster import rasterization
+from ..train.gaussians import Gaussians
+from ..train.render import Camera
+from ..train.sh import C0
+
+# Per quality level: TSDF grid cells along the longest side, rendered view size (long side, pixels),
+# target face count, extra views on a sphere around the object, the most capture views used.
+QUALITY = {
+    "preview": {"grid": 128, "render": 192, "faces": 20_000, "extra_views": 24, "max_views": 48},
+    "standard": {"grid": 224, "render": 256, "faces": 100_000, "extra_views": 32, "max_views": 64},
+    "high": {"grid": 320, "render": 384, "faces": 300_000, "extra_views": 48, "max_views": 96},
+}
+
+# Rendered channels kept per view (premultiplied by coverage): albedo(3) roughness metallic normal(3).
+FEATURES = 8
+COVERED = 0.5  # coverage above which a pixel sees the surface
+EMPTY = 0.05  # coverage below which a pixel sees background (carves free space)
+
+
+@dataclass
+class Mesh:
+    """A triangle mesh in world space; normals are per-vertex, unit length, pointing outward."""
+
+    vertices: np.ndarray  # (V, 3) float64
+    faces: np.ndarray  # (F, 3) int64, counter-clockwise seen from outside
+    normals: np.ndarray  # (V, 3) float64
+
+
+@dataclass
+class ViewStack:
+    """Rendered maps of many views, padded to one size. ``feats`` are premultiplied by ``coverage``."""
+
+    viewmats: np.ndarray  # (V, 4, 4) world -> camera (OpenCV)
+    Ks: np.ndarray  # (V, 3, 3)
+    sizes: np.ndarray  # (V, 2) int (width, height)
+    depth: np.ndarray  # (V, H, W) camera z
+    coverage: np.ndarray  # (V, H, W)
+    feats: np.ndarray  # (V, H, W, FEATURES)
+
+
+def settings(quality: str) -> dict:
+    if quality not in QUALITY:
+        raise ValueError(f"unknown quality {quality!r}; choose one of {', '.join(QUALITY)}")
+    return dict(QUALITY[quality])
+
+
+# ------------------------------------------------------------------------------------------ input checks
+
+
+def validate_gaussians(model: Gaussians) -> np.ndarray:
+    """Raise ``ValueError`` with a readable message when no surface can come out of ``model``.
+
+    Returns the boolean mask of Gaussians opaque enough to define the surface.
+    """
+    n = len(model)
+    if n == 0:
+        raise ValueError("the Gaussian file holds no Gaussians; nothing to mesh")
+    with torch.no_grad():
+        for name in ("means", "quats", "scales", "opacities"):
+            bad = (~torch.isfinite(model.params[name])).reshape(n, -1).any(1)
+            if bad.any():
+                raise ValueError(
+                    f"{int(bad.sum())} of {n} Gaussians have NaN or infinite {name}; the file is corrupt "
+                    "(retrain, or export again)"
+                )
+        opac = model.opacities.numpy()
+        opaque = opac > 0.3
+        if opaque.sum() < 8:
+            raise ValueError(
+                f"no surface: {int(opaque.sum())} of {n} Gaussians are more than 30% opaque "
+                f"(max opacity {float(opac.max()):.3f}); the model is (nearly) all transparent"
+            )
+        means = model.means.numpy()[opaque]
+        lo, hi = np.percentile(means, 1, axis=0), np.percentile(means, 99, axis=0)
+        extent = float(np.linalg.norm(hi - lo))
+        if not extent > 0:
+            raise ValueError("no surface: all opaque Gaussians sit at one point")
+        scales = model.scales.numpy()[opaque].max(1)
+        big = scales > 10 * extent
+        if big.mean() > 0.01:
+            raise ValueError(
+                f"absurd scales: {int(big.sum())} opaque Gaussians are more than 10x the object's size "
+                f"({extent:.3g}); largest {float(scales.max()):.3g}. The PLY's scale field is probably not log-scale"
+            )
+    return opaque
+
+
+def object_bounds(model: Gaussians, opaque: np.ndarray, pad: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
+    """Robust box around the opaque Gaussians (percentiles drop stray floaters), padded by a fraction."""
+    with torch.no_grad():
+        m = model.means.numpy()[opaque].astype(np.float64)
+        s = model.scales.numpy()[opaque].max(1)
+    lo = np.percentile(m, 0.2, axis=0)
+    hi = np.percentile(m, 99.8, axis=0)
+    margin = pad * float((hi - lo).max()) + 2.0 * float(np.median(s))
+    return lo - margin, hi + margin
+
+
+# ------------------------------------------------------------------------------------------- views
+
+
+def look_at_camera(eye: np.ndarray, target: np.ndarray, fx: float, size: int, name: str = "") -> Camera:
+    """OpenCV camera at ``eye`` looking at ``target`` with world +Z (Blender's up) as up where possible."""
+    z = target - eye
+    z = z / np.linalg.norm(z)
+    up = np.array([0.0, 0.0, 1.0]) if abs(z[2]) < 0.99 else np.array([0.0, 1.0, 0.0])
+    y = -up - np.dot(-up, z) * z  # y points down in OpenCV
+    y /= np.linalg.norm(y)
+    x = np.cross(y, z)
+    w2c = np.eye(4)
+    w2c[:3, :3] = np.stack([x, y, z])
+    w2c[:3, 3] = -w2c[:3, :3] @ eye
+    K = torch.tensor([[fx, 0, size / 2], [0, fx, size / 2], [0, 0, 1]], dtype=torch.float32)
+    return Camera(name=name, viewmat=torch.tensor(w2c, dtype=torch.float32), K=K, width=size, height=size,
+                  centre=torch.tensor(eye, dtype=torch.float32), image=torch.zeros(0), mask=None)
+
+
+def sphere_cameras(centre: np.ndarray, radius: float, distance: float, n: int, size: int) -> list[Camera]:
+    """``n`` cameras on a Fibonacci sphere looking at ``centre``; the object (bounding ``radius``) fills the view.
+
+    Why: captures rarely see the underside or every concavity; these views let the fusion carve and see there.
+    """
+    distance = max(distance, 1.5 * radius)
+    half = math.atan(1.15 * radius / math.sqrt(distance**2 - radius**2))
+    fx = size / 2 / math.tan(half)
+    cams = []
+    golden = math.pi * (3 - math.sqrt(5))
+    for i in range(n):
+        zc = 1 - 2 * (i + 0.5) / n
+        r = math.sqrt(max(0.0, 1 - zc * zc))
+        d = np.array([r * math.cos(golden * i), r * math.sin(golden * i), zc])
+        cams.append(look_at_camera(centre + distance * d, centre, fx, size, f"sphere_{i:03d}"))
+    return cams
+
+
+def rescaled(cam: Camera, long_side: int) -> Camera:
+    """The same camera rendered with its long side at ``long_side`` pixels (depth precision for the fusion)."""
+    s = long_side / max(cam.width, cam.height)
+    w, h = max(1, round(cam.width * s)), max(1, round(cam.height * s))
+    K = cam.K.clone()
+    K[0] *= w / cam.width
+    K[1] *= h / cam.height
+    return Camera(cam.name, cam.viewmat, K, w, h, cam.centre, cam.image, None)
+
+
+def gaussian_features(model: Gaussians) -> torch.Tensor:
+    """Per-Gaussian material (N, 5): albedo (linear), roughness, metallic.
+
+    A stage-1-only model has no material: its albedo falls back to the SH DC colour (sRGB -> linear),
+    roughness 0.5, metallic 0, so that a radiance-field-only run still gives a textured asset.
+    """
+    if model.has_pbr:
+        return torch.cat([model.pbr("albedo"), model.pbr("roughness"), model.pbr("metallic")], 1)
+    rgb = (model.params["sh0"][:, 0, :] * C0 + 0.5).clamp(0, 1)
+    lin = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    n = len(model)
+    return torch.cat([lin, torch.full((n, 1), 0.5), torch.zeros(n, 1)], 1)
+
+
+@torch.no_grad()
+def render_views(model: Gaussians, cams: list[Camera], backend: str) -> ViewStack:
+    """Splat depth, coverage and the material + normal channels of every camera (one pass each)."""
+    mat = gaussian_features(model)
+    W = max(c.width for c in cams)
+    H = max(c.height for c in cams)
+    V = len(cams)
+    depth = np.zeros((V, H, W), np.float32)
+    cov = np.zeros((V, H, W), np.float32)
+    feats = np.zeros((V, H, W, FEATURES), np.float32)
+    for i, cam in enumerate(cams):
+        f = torch.cat([mat, model.normals(cam.centre)], 1)
+        out = rasterization(model.means, model.quats, model.scales, model.opacities, f, cam.viewmat, cam.K,
+                            cam.width, cam.height, backend=backend)
+        depth[i, : cam.height, : cam.width] = out.depth.numpy()
+        cov[i, : cam.height, : cam.width] = out.alpha.numpy()
+        feats[i, : cam.height, : cam.width] = out.features.numpy()
+    return ViewStack(
+        viewmats=np.stack([c.viewmat.numpy().astype(np.float64) for c in cams]),
+        Ks=np.stack([c.K.numpy().astype(np.float64) for c in cams]),
+        sizes=np.array([[c.width, c.height] for c in cams], np.int64),
+        depth=depth, coverage=cov, feats=feats,
+    )
+
+
+# ------------------------------------------------------------------------------------------- TSDF
+
+
+@njit(parallel=True, cache=True)
+def _fuse(origin, voxel, shape, viewmats, Ks, sizes, depth, cov, covmax, feats, trunc, out):  # pragma: no cover - numba
+    nx, ny, nz = shape[0], shape[1], shape[2]
+    V = viewmats.shape[0]
+    for i in prange(nx):
+        for j in range(ny):
+            for k in range(nz):
+                px = origin[0] + i * voxel
+                py = origin[1] + j * voxel
+                pz = origin[2] + k * voxel
+                acc = 0.0
+                wsum = 0.0
+                behind = 0
+                for v in range(V):
+                    M = viewmats[v]
+                    z = M[2, 0] * px + M[2, 1] * py + M[2, 2] * pz + M[2, 3]
+                    if z <= 1e-6:
+                        continue
+                    x = M[0, 0] * px + M[0, 1] * py + M[0, 2] * pz + M[0, 3]
+                    y = M[1, 0] * px + M[1, 1] * py + M[1, 2] * pz + M[1, 3]
+                    u = Ks[v, 0, 0] * x / z + Ks[v, 0, 2]
+                    w = Ks[v, 1, 1] * y / z + Ks[v, 1, 2]
+                    if u < 0 or w < 0 or u >= sizes[v, 0] or w >= sizes[v, 1]:
+                        continue
+                    c = cov[v, int(w), int(u)]
+                    if covmax[v, int(w), int(u)] < 0.05:  # background all around: the voxel is free space
+                        acc += 1.0
+                        wsum += 1.0
+                    elif c > 0.5:
+                        iw, iu = int(w), int(u)
+                        # The splatted normal at the pixel: a z-difference overstates the distance to the
+                        # surface by 1 / cos(view angle) and projective distances are wrong at grazing views
+                        # (points beside a curved limb look "behind" it), so project the along-ray distance
+                        # onto the normal and weight by the cosine.
+                        nx_ = feats[v, iw, iu, 5]
+                        ny_ = feats[v, iw, iu, 6]
+                        nz_ = feats[v, iw, iu, 7]
+                        nn = np.sqrt(nx_ * nx_ + ny_ * ny_ + nz_ * nz_)
+                        rl = np.sqrt(x * x + y * y + z * z)
+                        # ray direction (world) = R^T (x, y, z) / rl; cos = -n . dir
+                        dxw = (M[0, 0] * x + M[1, 0] * y + M[2, 0] * z) / rl
+                        dyw = (M[0, 1] * x + M[1, 1] * y + M[2, 1] * z) / rl
+                        dzw = (M[0, 2] * x + M[1, 2] * y + M[2, 2] * z) / rl
+                        cosv = -(nx_ * dxw + ny_ * dyw + nz_ * dzw) / max(nn, 1e-12)
+                        if cosv < 0.05:
+                            continue
+                        sdf = (depth[v, iw, iu] - z) * (rl / z) * cosv
+                        if sdf < -trunc:  # hidden behind the surface this view sees
+                            behind += 1
+                            continue
+                        wt = c * cosv * cosv * cosv  # frontal views: splatted depth is most accurate there
+                        acc += wt * min(sdf / trunc, 1.0)
+                        wsum += wt
+                if wsum > 0:
+                    out[i, j, k] = acc / wsum
+                elif behind > 0:
+                    out[i, j, k] = -1.0
+                else:  # seen by no view at all: call it outside so that the surface closes
+                    out[i, j, k] = 1.0
+
+
+def fuse_tsdf(views: ViewStack, lo: np.ndarray, hi: np.ndarray, resolution: int,
+              trunc_voxels: float = 3.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Truncated signed distance (in units of the truncation, positive outside) on a grid over [lo, hi].
+
+    Returns (volume (nx, ny, nz) float32, origin of cell (0, 0, 0), voxel size).
+    """
+    voxel = float((hi - lo).max()) / (resolution - 1)
+    shape = np.maximum(np.ceil((hi - lo) / voxel).astype(np.int64) + 1, 2)
+    out = np.empty(tuple(shape), np.float32)
+    # Carve only where the 3x3 neighbourhood is background too: a voxel just inside the silhouette can fall
+    # in a background pixel (nearest lookup), and a full-weight "free" vote there would bias the surface out.
+    from scipy import ndimage
+
+    covmax = ndimage.maximum_filter(views.coverage, size=(1, 3, 3))
+    _fuse(lo.astype(np.float64), voxel, shape, views.viewmats, views.Ks, views.sizes, views.depth,
+          views.coverage, covmax, views.feats, trunc_voxels * voxel, out)
+    return out, lo.astype(np.float64), voxel
+
+
+# ------------------------------------------------------------------------------------------- mesh
+
+
+def clean_volume(vol: np.ndarray) -> np.ndarray:
+    """Keep the largest inside region and fill enclosed cavities; pad with outside so the surface closes.
+
+    Doing this on the voxels (rather than patching the mesh) guarantees a closed, manifold marching-cubes
+    surface: "holes" in the fused surface can only be cavities or gaps, both resolved here.
+    """
+    from scipy import ndimage
+
+    inside = vol < 0
+    labels, n = ndimage.label(inside)
+    if n == 0:
+        raise ValueError("no surface: the fused volume has no inside (every voxel was seen as free space)")
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = labels == int(sizes.argmax())
+    filled = ndimage.binary_fill_holes(keep)
+    out = vol.copy()
+    out[inside & ~keep] = 1.0  # other components (floaters) become outside
+    out[filled & ~keep] = -1.0  # enclosed pockets become inside
+    return np.pad(out, 1, constant_values=1.0)
+
+
+def largest_component(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The connected component with the most faces, with unused vertices dropped."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nv = len(vertices)
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    g = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(nv, nv))
+    _, lab = connected_components(g, directed=False)
+    flab = lab[faces[:, 0]]
+    best = np.bincount(flab).argmax()
+    return compact(vertices, faces[flab == best])
+
+
+def compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop degenerate faces and unreferenced vertices."""
+    ok = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    faces = faces[ok]
+    used, inv = np.unique(faces.ravel(), return_inverse=True)
+    return vertices[used], inv.reshape(-1, 3).astype(np.int64)
+
+
+def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    v = vertices[faces]
+    return float(np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum() / 6.0)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals (unit)."""
+    v = vertices[faces]
+    fn = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    n = np.zeros_like(vertices)
+    for c in range(3):
+        np.add.at(n, faces[:, c], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-20)
+
+
+def edge_report(faces: np.ndarray) -> dict:
+    """Watertightness: every undirected edge should have exactly two faces, used once in each direction."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    und = np.sort(e, axis=1)
+    _, counts = np.unique(und, axis=0, return_counts=True)
+    _, dcounts = np.unique(e, axis=0, return_counts=True)
+    boundary = int((counts == 1).sum())
+    nonmanifold = int((counts > 2).sum())
+    return {
+        "edges": int(len(counts)), "boundary_edges": boundary, "nonmanifold_edges": nonmanifold,
+        "inconsistent_winding": int((dcounts > 1).sum()),
+        "watertight": boundary == 0 and nonmanifold == 0 and bool((dcounts == 1).all()),
+    }
+
+
+def fill_holes(vertices: np.ndarray, faces: np.ndarray, max_edges: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Close boundary loops of up to ``max_edges`` edges with a fan around the loop's centroid."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    und = np.sort(e, axis=1)
+    _, inv, counts = np.unique(und, axis=0, return_inverse=True, return_counts=True)
+    boundary = e[counts[inv.ravel()] == 1]
+    if len(boundary) == 0:
+        return vertices, faces
+    nxt: dict[int, list[int]] = {}
+    for a, b in boundary.tolist():
+        nxt.setdefault(a, []).append(b)
+    new_v = [vertices]
+    new_f = [faces]
+    nv = len(vertices)
+    while nxt:
+        start = next(iter(nxt))
+        loop = [start]
+        cur = start
+        while True:  # follow boundary half-edges until back at the start (any cycle partition closes the mesh)
+            b = nxt[cur].pop()
+            if not nxt[cur]:
+                del nxt[cur]
+            if b == start or b not in nxt:
+                break
+            loop.append(b)
+            cur = b
+        if len(loop) < 3 or len(loop) > max_edges or b != start:
+            continue
+        idx = np.array(loop)
+        c = nv
+        nv += 1
+        new_v.append(vertices[idx].mean(0, keepdims=True))
+        # the hole's faces run against the boundary half-edges a->b, i.e. (b, a, centre)
+        new_f.append(np.stack([np.roll(idx, -1), idx, np.full(len(idx), c)], 1))
+    return np.concatenate(new_v), np.concatenate(new_f)
+
+
+def repair(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make a decimated mesh edge-manifold again: decimation can pinch two sheets into one edge (4 faces) or
+    leave duplicated faces. Remove the faces on such edges, then fill the small holes this leaves."""
+    for _ in range(3):
+        key = np.sort(faces, 1)
+        _, inv, c = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+        bad_face = c[inv.ravel()] > 1
+        e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        _, einv, ecount = np.unique(np.sort(e, 1), axis=0, return_inverse=True, return_counts=True)
+        _, dinv, dcount = np.unique(e, axis=0, return_inverse=True, return_counts=True)
+        bad_edge = (ecount[einv.ravel()] > 2) | (dcount[dinv.ravel()] > 1)
+        bad_face |= bad_edge.reshape(3, -1).any(0)
+        if not bad_face.any() and edge_report(faces)["watertight"]:
+            break
+        vertices, faces = compact(vertices, faces[~bad_face])
+        vertices, faces = fill_holes(vertices, faces)
+        vertices, faces = compact(vertices, faces)
+    return vertices, faces
+
+
+def simplify(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric edge-collapse decimation to about ``target_faces`` (fast-simplification)."""
+    if len(faces) <= target_faces:
+        return vertices, faces
+    import fast_simplification
+
+    v, f = fast_simplification.simplify(vertices.astype(np.float32), faces.astype(np.int32),
+                                        target_reduction=1.0 - target_faces / len(faces), agg=5)
+    return compact(np.asarray(v, np.float64), np.asarray(f, np.int64))
+
+
+def marching_cubes(vol: np.ndarray, origin: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    from skimage import measure
+
+    verts, faces, _, _ = measure.marching_cubes(vol, level=0.0, spacing=(voxel, voxel, voxel),
+                                                allow_degenerate=False)
+    return verts.astype(np.float64) + origin, faces.astype(np.int64)
+
+
+def mesh_from_volume(vol: np.ndarray, origin: np.ndarray, voxel: float, target_faces: int) -> tuple[Mesh, dict]:
+    """Clean the TSDF, marching cubes, main component, simplification, outward orientation."""
+    clean = clean_volume(vol)
+    verts, faces = marching_cubes(clean, origin - voxel, voxel)  # the pad shifted the grid by one cell
+    verts, faces = largest_component(verts, faces)
+    fused_faces = len(faces)
+    verts, faces = simplify(verts, faces, target_faces)
+    verts, faces = repair(verts, faces)
+    verts, faces = largest_component(verts, faces)
+    if signed_volume(verts, faces) < 0:  # make the winding counter-clockwise from outside
+        faces = faces[:, ::-1].copy()
+    info = {"fused_faces": fused_faces, "faces": int(len(faces)), "vertices": int(len(verts)),
+            "voxel": voxel, **edge_report(faces)}
+    return Mesh(verts, faces, vertex_normals(verts, faces)), info
+
+
+def gather_cameras(model: Gaussians, opaque: np.ndarray, capture_cams: list[Camera], cfg: dict,
+                   lo: np.ndarray, hi: np.ndarray) -> list[Camera]:
+    """The capture's cameras (evenly subsampled to ``max_views``) plus views on a sphere, all re-rendered at
+    ``render`` pixels."""
+    cams = list(capture_cams)
+    if len(cams) > cfg["max_views"]:
+        idx = np.linspace(0, len(cams) - 1, cfg["max_views"]).round().astype(int)
+        cams = [cams[i] for i in idx]
+    cams = [rescaled(c, cfg["render"]) for c in cams]
+    centre = (lo + hi) / 2
+    radius = float(np.linalg.norm(hi - lo)) / 2
+    if capture_cams:
+        dist = float(np.median([np.linalg.norm(c.centre.numpy() - centre) for c in capture_cams]))
+    else:
+        dist = 3.0 * radius
+    if cfg["extra_views"] > 0:
+        cams += sphere_cameras(centre, radius, dist, cfg["extra_views"], cfg["render"])
+    return cams
+
+
+def extract_surface(model: Gaussians, capture_cams: list[Camera], quality: str = "standard",
+                    backend: str = "cpu", **overrides) -> tuple[Mesh, ViewStack, dict]:
+    """Gaussians -> closed, simplified, outward-oriented mesh; also the rendered views (reused for baking).
+
+    ``overrides`` replace entries of the quality's settings (``grid``, ``render``, ``faces``, ``extra_views``,
+    ``max_views``), e.g. for small tests.
+    """
+    cfg = settings(quality)
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown surface settings {sorted(unknown)}")
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    opaque = validate_gaussians(model)
+    lo, hi = object_bounds(model, opaque)
+    cams = gather_cameras(model, opaque, capture_cams, cfg, lo, hi)
+    views = render_views(model, cams, backend)
+    if views.coverage.max() < COVERED:
+        raise ValueError("no surface: no rendered pixel is more than 50% covered (the Gaussians are too transparent)")
+    vol, origin, voxel = fuse_tsdf(views, lo, hi, cfg["grid"])
+    mesh, info = mesh_from_volume(vol, origin, voxel, cfg["faces"])
+    info.update(views=len(cams), grid=list(vol.shape), bounds=[lo.tolist(), hi.tolist()])
+    return mesh, views, info

@@ -1,0 +1,71 @@
+"""Surface extraction: a sphere of Gaussians gives a closed sphere; bad Gaussian files raise clear errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prd_blender.trainer.asset import surface as S
+from prd_blender.trainer.asset.synthetic import sphere_gaussians
+
+SMALL = {"grid": 64, "render": 96, "faces": 3000, "extra_views": 20}
+
+
+@pytest.fixture(scope="module")
+def sphere_mesh():
+    mesh, views, info = S.extract_surface(sphere_gaussians(radius=0.5), [], "preview", "cpu", **SMALL)
+    return mesh, info
+
+
+def test_sphere_radius_and_watertight(sphere_mesh):
+    mesh, info = sphere_mesh
+    r = np.linalg.norm(mesh.vertices, axis=1)
+    # splatted depth of the disc Gaussians sits slightly in front of the sphere at oblique views: ~1 voxel
+    assert abs(r.mean() - 0.5) < 0.025
+    assert r.std() < 0.01
+    assert info["watertight"] and info["boundary_edges"] == 0 and info["nonmanifold_edges"] == 0
+    assert 2000 <= info["faces"] <= 3100
+    vol = S.signed_volume(mesh.vertices, mesh.faces)
+    assert vol == pytest.approx(4 / 3 * math.pi * r.mean() ** 3, rel=0.03)
+
+
+def test_normals_point_outward(sphere_mesh):
+    mesh, _ = sphere_mesh
+    radial = mesh.vertices / np.linalg.norm(mesh.vertices, axis=1, keepdims=True)
+    assert (np.einsum("ij,ij->i", mesh.normals, radial) > 0.9).mean() > 0.99
+
+
+def test_repair_and_fill_holes():
+    # an octahedron with one face removed: fill_holes closes it; repair keeps it watertight
+    v = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float)
+    f = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    assert S.edge_report(f)["watertight"]
+    v2, f2 = S.fill_holes(v, f[1:])
+    assert S.edge_report(f2)["watertight"] and len(f2) == 10
+    # a duplicated face makes edges non-manifold; repair removes and re-closes
+    v3, f3 = S.repair(v, np.concatenate([f, f[:1]]))
+    assert S.edge_report(f3)["watertight"]
+
+
+def _with(model, **changes):
+    params = {k: v.detach().clone() for k, v in model.params.items()}
+    params.update(changes)
+    return type(model)(params)
+
+
+def test_bad_inputs_raise_clear_errors():
+    g = sphere_gaussians(n=300)
+    n = len(g)
+    with pytest.raises(ValueError, match="transparent"):
+        S.extract_surface(_with(g, opacities=torch.full((n,), -12.0)), [], "preview", "cpu", **SMALL)
+    means = g.params["means"].detach().clone()
+    means[5, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        S.validate_gaussians(_with(g, means=means))
+    with pytest.raises(ValueError, match="absurd scales"):
+        S.validate_gaussians(_with(g, scales=torch.full((n, 3), 8.0)))
+    with pytest.raises(ValueError, match="unknown quality"):
+        S.settings("ultra")
