@@ -87,7 +87,9 @@ def test_relight_command_renders_under_another_hdri(tmp_path):
         from prd_blender.trainer.shading.hdr_io import write_exr
 
         hdri = tmp_path / "sky.exr"
-        sky = np.ones((32, 64, 3), np.float32) * np.linspace(2, 0.2, 32, dtype=np.float32)[:, None, None]
+        # A bright warm patch on one side: rotating about +Z must move it (an elevation-only sky would not).
+        sky = np.full((32, 64, 3), 0.2, np.float32)
+        sky[4:20, 24:40] = (4.0, 2.0, 0.5)
         write_exr(hdri, sky)
     renders = {}
     for rot in (0, 90):
