@@ -120,3 +120,22 @@ def test_overwrite_removes_only_the_runs_own_maps(tmp_path):
     s1, d = configs(4)
     run_train(SAMPLE, out, resolution=32, hold_out_every=8, config=s1, distill=d, overwrite=True, quiet=True)
     assert (out / "maps" / "my_notes.txt").read_text() == "keep"
+
+
+def test_depth_normals_of_a_tilted_plane():
+    from prd_blender.trainer.train.render import depth_normals
+
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 9), torch.linspace(-1, 1, 11), indexing="ij")
+    pos = torch.stack([xs, ys, 2 + 0.5 * xs], -1)  # the plane z = 2 + x / 2, seen from the origin
+    view = torch.nn.functional.normalize(-pos, dim=-1)
+    n, inner = depth_normals(pos, view)
+    expected = torch.nn.functional.normalize(torch.tensor([0.5, 0.0, -1.0]), dim=0)  # facing the camera
+    assert inner.sum() == 7 * 9 and not inner[0].any() and not inner[:, -1].any()
+    assert torch.allclose(n[inner], expected.expand(63, 3), atol=1e-5)
+
+
+def test_normal_consistency_loss_trains(tmp_path):
+    s1, d = configs(4)
+    d.normal_weight = 0.1
+    m = run_train(SAMPLE, tmp_path / "o", resolution=32, config=s1, distill=d, quiet=True)
+    assert m["status"] == "complete"

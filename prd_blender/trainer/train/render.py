@@ -96,3 +96,18 @@ def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str)
     maps["view"] = F.normalize(cam.centre - maps["position"], dim=-1)
     maps["_out"] = out
     return maps
+
+
+def depth_normals(position: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normals (H, W, 3) of the rendered depth surface by central differences, facing the camera, and a
+    mask (H, W) of pixels where all four neighbours exist (border pixels are excluded)."""
+    p = position
+    dx = torch.zeros_like(p)
+    dy = torch.zeros_like(p)
+    dx[:, 1:-1] = p[:, 2:] - p[:, :-2]
+    dy[1:-1] = p[2:] - p[:-2]
+    n = F.normalize(torch.cross(dx, dy, dim=-1), dim=-1)
+    n = torch.where((n * view).sum(-1, keepdim=True) < 0, -n, n)
+    inner = torch.zeros(p.shape[:2], dtype=torch.bool)
+    inner[1:-1, 1:-1] = True
+    return n, inner
