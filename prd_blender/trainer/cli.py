@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--iterations", type=int, default=3000, help="stage-1 iterations")
     brl.add_argument("--distill-iterations", type=int, default=1000, help="iterations of each of stages 2-4")
     brl.add_argument("--hdri-dir", type=Path, default=Path("../shared/data/hdri"))
+    brl.add_argument("--normal-weight", type=float, help="depth-normal consistency weight (default: the trainer's)")
+    brl.add_argument("--visibility-resolution", type=int, help="visibility grid cells per side (default 120)")
     brl.add_argument("--json", type=Path, default=Path("docs/benchmarks/relight.json"))
     bm = bsub.add_parser("mesh", help="baked mesh vs ground-truth geometry and albedo on the synthetic objects")
     bm.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser())
@@ -163,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.bench == "relight":
             from .bench.relight import bench_relight
 
+            overrides = {k: v for k, v in (("normal_weight", args.normal_weight),
+                                           ("visibility_resolution", args.visibility_resolution)) if v is not None}
             bench_relight(args.data, args.objects.split(","), args.variants.split(","), args.iterations,
-                          args.distill_iterations, args.hdri_dir, args.json)
+                          args.distill_iterations, args.hdri_dir, args.json, **overrides)
     except (CaptureError, OutputFolderError) as exc:
         print(f"prd: error: {exc}", file=sys.stderr)
         return 2

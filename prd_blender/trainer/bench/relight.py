@@ -69,12 +69,13 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
 
 def bench_relight(
     data: Path, objects: list[str], variants: list[str], iterations: int, distill_iterations: int,
-    hdri_dir: Path, json_path: Path | None,
+    hdri_dir: Path, json_path: Path | None, **distill_overrides,
 ) -> dict:
+    """``distill_overrides``: DistillConfig fields (e.g. normal_weight, visibility_resolution) for every variant."""
+    n = distill_iterations
+    base = DistillConfig(stage2=n, stage3=n, stage4=n, **distill_overrides)
     results: dict = {
-        "objects": {}, "iterations": iterations, "distill_iterations": distill_iterations,
-        "distill_config": dataclasses.asdict(DistillConfig(stage2=distill_iterations, stage3=distill_iterations,
-                                                           stage4=distill_iterations)),
+        "objects": {}, "iterations": iterations, "distill_iterations": n, "distill_config": dataclasses.asdict(base),
     }
     rows = []
     for name in objects:
@@ -89,8 +90,7 @@ def bench_relight(
             t_stage1 = time.time() - t0
             per = {"stage1_seconds": round(t_stage1, 1), "variants": {}}
             for var in variants:
-                cfg = DistillConfig(stage2=distill_iterations, stage3=distill_iterations, stage4=distill_iterations,
-                                    variant=var)
+                cfg = dataclasses.replace(base, variant=var)
                 t1 = time.time()
                 model, light, vis, _ = train_distill(
                     train, copy.deepcopy(model1), cfg, tmp, prog, "cpu", (1.0, 1.0, 1.0), camera_extent(train)
