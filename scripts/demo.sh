@@ -7,4 +7,6 @@ OUT=${1:-out/sample}
 ARGS=(--out "$OUT" --hold-out 8 --iterations "${PRD_ITERATIONS:-3000}" --distill-iterations "${PRD_DISTILL_ITERATIONS:-500}")
 [ -f "$OUT/manifest.json" ] && ARGS+=(--overwrite)
 .venv/bin/prd train samples/sample_capture "${ARGS[@]}"
-echo "Results in $OUT (manifest.json names every file)."
+# The deployable asset: mesh, PBR textures and a .glb beside the Gaussians.
+.venv/bin/prd mesh "$OUT" --quality preview --texture-size 512
+echo "Results in $OUT (manifest.json names every file; mesh.glb is the asset)."
