@@ -209,8 +209,7 @@ def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture
         res.update(texture_fidelity(run, obj, load_capture(obj.test_transforms).views))
         results["objects"][name] = res
         print(json.dumps({"event": "bench_mesh", "object": name, **res}), flush=True)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    return results
+    from ..bench.common import record
+
+    return record(json_path, results)  # adds the command, the machine and the date
 

@@ -33,7 +33,9 @@ def machine() -> dict:
 
 def record(path: Path | None, results: dict) -> dict:
     rec = {
-        "command": "prd " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "prd" else " ".join(sys.argv),
+        # `prd ...` and `python -m prd_blender.trainer ...` are the same command
+        "command": ("prd " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("prd", "__main__.py")
+                    else " ".join(sys.argv)),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         **results,
