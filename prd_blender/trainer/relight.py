@@ -11,7 +11,7 @@ import torch
 
 from .outputs import OutputFolderError, read_manifest
 from .raster import choose_backend
-from .results import _png
+from .results import write_png
 from .shading.brdf_lut import get_brdf_lut
 from .shading.envmap import EnvironmentLight, equirect_dirs, sample_equirect
 from .shading.hdr_io import read_image
@@ -79,6 +79,6 @@ def run_relight(
         maps = render_pbr_maps(model, cam, cfg.sh_degree, backend)
         img = shade_maps(maps, light, lut, vis, 4, cfg)["phy_display"]
         path = dest / f"{Path(rec['name']).stem}.png"
-        _png(path, img.numpy(), maps["coverage"][..., 0].numpy())
+        write_png(path, img.numpy(), maps["coverage"][..., 0].numpy())
         paths.append(path)
     return paths

@@ -20,7 +20,8 @@ from .train.render import Camera, render_pbr_maps
 MAP_NAMES = ("albedo", "roughness", "metallic", "normal", "progress", "phy", "render")
 
 
-def _png(path: Path, img: np.ndarray, alpha: np.ndarray | None = None) -> None:
+def write_png(path: Path, img: np.ndarray, alpha: np.ndarray | None = None) -> None:
+    """8-bit PNG of an image in [0, 1] (grey maps become RGB), with optional alpha."""
     img = np.clip(img, 0, 1)
     if img.ndim == 2:
         img = img[..., None]
@@ -59,7 +60,7 @@ def write_view_maps(
         }
         for key, img in out.items():
             name = f"{stem}_{key}.png"
-            _png(folder / name, img, None if key == "render" else cov)
+            write_png(folder / name, img, None if key == "render" else cov)
             files[key] = f"{folder.name}/{name}"
         records.append({"view": v.name, "files": files})
     return records

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def bench_relight(
         prog = Progress(None, quiet=True)
         t0 = time.time()
         s1 = Stage1Config(iterations=iterations)
-        with _tmpdir() as tmp:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
             model1, _ = train_stage1(train, s1, tmp, prog, "cpu", (1.0, 1.0, 1.0))
             t_stage1 = time.time() - t0
             per = {"stage1_seconds": round(t_stage1, 1), "variants": {}}
@@ -115,13 +117,3 @@ def bench_relight(
 
 HEADER = ["object", "variant", "NVS dB", "relight dB", "albedo dB", "normal deg", "rough MAE", "progress", "train s"]
 
-
-class _tmpdir:
-    def __enter__(self) -> Path:
-        import tempfile
-
-        self._t = tempfile.TemporaryDirectory()
-        return Path(self._t.name)
-
-    def __exit__(self, *exc):
-        self._t.cleanup()

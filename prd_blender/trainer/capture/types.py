@@ -66,13 +66,3 @@ class Capture:
         test = [v for i, v in enumerate(self.views) if i % hold_out_every == 0]
         return train, test
 
-    def scene_bounds(self) -> tuple[np.ndarray, float]:
-        """Centre and radius of the region the cameras look at (points if known, else camera centres)."""
-        if self.points is not None and len(self.points) >= 8:
-            lo, hi = np.percentile(self.points, [2, 98], axis=0)
-            centre = (lo + hi) / 2
-            return centre, float(np.linalg.norm(hi - lo) / 2)
-        centres = np.stack([v.center for v in self.views])
-        centre = centres.mean(0)
-        radius = float(np.linalg.norm(centres - centre, axis=1).max())
-        return centre, radius

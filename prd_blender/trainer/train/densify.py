@@ -6,11 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gaussians import Gaussians
-
-
-def _inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return torch.log(x / (1 - x))
+from .gaussians import Gaussians, inverse_sigmoid
 
 
 @dataclass
@@ -58,7 +54,7 @@ class DensifyStrategy:
         if it < stop and it > 0 and it % self.reset_every == 0:
             with torch.no_grad():
                 op = model.params["opacities"]
-                op.copy_(torch.minimum(op, _inverse_sigmoid(torch.tensor(0.01))))
+                op.copy_(torch.minimum(op, inverse_sigmoid(torch.tensor(0.01))))
             _reset_adam(opt["opacities"], model.params["opacities"])
             done["reset"] = 1
         return done

@@ -28,7 +28,7 @@ from .gaussians import Gaussians
 from .losses import image_loss, psnr
 from .progress import Progress
 from .render import Camera, depth_normals, render_pbr_maps
-from .stage1 import Cancelled, _StopFlag
+from .stage1 import Cancelled, StopFlag
 
 
 @dataclass
@@ -237,7 +237,7 @@ def train_distill(
     t_start = time.time()
     it = it0
     ema = None
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         for it in range(it0 + 1, cfg.total + 1):
             stage = cfg.stage_of(it)
             if stage >= 3 and vis is None:

@@ -13,7 +13,7 @@ from .sh import rgb_to_sh_dc
 SH_COEFFS = 16  # degree 3
 
 
-def _inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
+def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1 - x))
 
 
@@ -97,7 +97,7 @@ class Gaussians:
             "means": pts,
             "quats": quats,
             "scales": log_scale,
-            "opacities": _inverse_sigmoid(torch.full((n,), init_opacity)),
+            "opacities": inverse_sigmoid(torch.full((n,), init_opacity)),
             "sh0": sh0,
             "shN": torch.zeros(n, SH_COEFFS - 1, 3),
         })
@@ -229,6 +229,3 @@ def read_ply(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]
     extra = {k: col[k].copy() for k in names if k not in known}
     return params, extra
 
-
-def scene_scale_from_radius(radius: float) -> float:
-    return max(radius, 1e-6) * 1.1 if math.isfinite(radius) else 1.0

@@ -89,7 +89,9 @@ def make_optimizers(model: Gaussians, cfg: Stage1Config, extent: float) -> dict[
     return {k: torch.optim.Adam([model.params[k]], lr=lr, eps=1e-15) for k, lr in lrs.items()}
 
 
-class _StopFlag:
+class StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the training loops check, so they can checkpoint and exit."""
+
     def __init__(self):
         self.stop = False
         self._old = {}
@@ -173,7 +175,7 @@ def train_stage1(
     it = it0
     degree = min(cfg.sh_degree, max(it0 - 1, 0) // cfg.sh_every)
     loss_ema = psnr_ema = None
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         for it in range(it0 + 1, cfg.iterations + 1):
             opt["means"].param_groups[0]["lr"] = cfg.lr_means * extent * gamma**it
             degree = min(cfg.sh_degree, (it - 1) // cfg.sh_every)
