@@ -22,10 +22,10 @@ def register() -> None:
 
     import bpy
 
-    from . import operators, panel, preferences, properties
+    from . import export, operators, panel, preferences, properties, relight
 
     # Properties first: the panel and operators refer to Scene.prd and the preferences.
-    for mod in (properties, preferences, operators, panel):
+    for mod in (properties, preferences, operators, relight, export, panel):
         for cls in mod.CLASSES:
             bpy.utils.register_class(cls)
         if hasattr(mod, "register"):

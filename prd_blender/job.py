@@ -36,6 +36,20 @@ QUALITY_PRESETS: dict[str, tuple[int, int | None, int]] = {
     "HIGH": (30_000, None, 3_000),
 }
 
+# quality -> (``prd mesh --quality``, ``--texture-size``): the mesh follows the training quality, since a
+# 300k-face mesh with 2k textures is wasted on a 256 px preview run (and takes minutes to bake on a CPU).
+MESH_PRESETS: dict[str, tuple[str, int]] = {
+    "PREVIEW": ("preview", 512),
+    "STANDARD": ("standard", 1024),
+    "HIGH": ("high", 2048),
+}
+# Rough CPU seconds of ``prd mesh`` per quality (measured: preview 40-70 s on 2 cores at 512 px textures).
+# The mesher reports no progress of its own; the panel's bar advances by elapsed time against this estimate
+# and never claims to be finished before the process is.
+MESH_EXPECTED_S = {"preview": 60.0, "standard": 180.0, "high": 600.0}
+# Share of the progress bar given to training when a mesh is built after it.
+TRAIN_SHARE = 0.9
+
 # Exit codes of ``prd train`` (prd_blender/trainer/cli.py).
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -205,6 +219,7 @@ class JobState:
     """What the panel shows; updated from the trainer's events on the main thread."""
 
     status: str = "starting"  # starting, running, cancelling, done, paused, cancelled, failed
+    phase: str = "train"  # train, then mesh when the job builds one
     stage: int = 0
     iteration: int = 0
     iterations: int = 0
@@ -217,6 +232,10 @@ class JobState:
     checkpoint_iteration: int = 0
     events: int = 0
     error_event: dict = field(default_factory=dict)
+    with_mesh: bool = False  # a mesh step follows training (shares the progress bar)
+    mesh_fraction: float = 0.0  # 0..1 estimate of the mesh step (elapsed time / expected time)
+    mesh_done: bool = False
+    mesh_faces: int = 0
 
     @property
     def finished(self) -> bool:
@@ -224,7 +243,14 @@ class JobState:
 
     @property
     def fraction(self) -> float:
-        return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+        if self.status == "done":
+            return 1.0
+        train = min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+        if not self.with_mesh:
+            return train
+        if self.phase == "mesh":
+            return TRAIN_SHARE + (1.0 - TRAIN_SHARE) * self.mesh_fraction
+        return TRAIN_SHARE * train
 
 
 def train_command(python: str, capture: str | Path, out: str | Path, *, iterations: int | None = None,
@@ -250,13 +276,40 @@ def train_command(python: str, capture: str | Path, out: str | Path, *, iteratio
     return argv
 
 
+def mesh_command(python: str, out: str | Path, quality: str = "standard", texture_size: int = 1024,
+                 device: str = "auto") -> list[str]:
+    """argv for ``python -m prd_blender.trainer mesh``: surface, UVs, baked PBR textures and glb in ``out``."""
+    return [python, "-m", "prd_blender.trainer", "mesh", str(out), "--quality", quality,
+            "--texture-size", str(int(texture_size)), "--device", device]
+
+
+def run_needs_mesh_only(out: str | Path) -> bool:
+    """True when ``out`` holds a finished training run without a mesh (e.g. the mesh step was cancelled):
+    Resume then builds the mesh instead of training again."""
+    try:
+        manifest = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    files = manifest.get("files", {})
+    return manifest.get("status") == "complete" and "gaussians" in files and "mesh" not in files
+
+
 class TrainerJob:
-    """One ``prd train`` run: start, poll (non-blocking), cancel; turns its output into a JobState."""
+    """One ``prd train`` run, optionally followed by ``prd mesh`` on its result: start, poll (non-blocking),
+    cancel; turns the output of both processes into one JobState.
+
+    ``mesh``: (quality, texture size) of the mesh step, or None for none. ``mesh_only``: skip training (the
+    run in ``out`` is complete) and build the mesh.
+    """
 
     def __init__(self, python: str, capture: str | Path, out: str | Path, *, iterations: int | None = None,
                  resolution: int | None = None, device: str = "auto", resume: bool = False,
-                 overwrite: bool = False, log_dir: Path | None = None, distill_iterations: int | None = None):
+                 overwrite: bool = False, log_dir: Path | None = None, distill_iterations: int | None = None,
+                 mesh: tuple[str, int] | None = None, mesh_only: bool = False):
         self.python = python
+        self.mesh = mesh
+        self.mesh_only = mesh_only and mesh is not None
+        self.mesh_started_at = 0.0
         self.distill_iterations = distill_iterations
         self.capture = str(capture)
         self.out = Path(out)
@@ -265,7 +318,7 @@ class TrainerJob:
         self.device = device
         self.resume = resume
         self.overwrite = overwrite
-        self.state = JobState(iterations=iterations or 0)
+        self.state = JobState(iterations=iterations or 0, with_mesh=mesh is not None)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log_dir = Path(log_dir) if log_dir else self.out.parent
         self.log_path = log_dir / f"prd-{self.out.name}-{stamp}-{os.getpid()}.log"
@@ -275,6 +328,11 @@ class TrainerJob:
     def start(self) -> None:
         """Start the trainer; raises JobError (message for the user) when that is impossible."""
         python = check_interpreter(self.python)
+        if self.mesh_only:
+            if not run_needs_mesh_only(self.out):
+                raise JobError(f"{self.out} holds no finished run to build a mesh from")
+            self._start_mesh(python)
+            return
         if not self.resume and not os.path.exists(self.capture):
             raise JobError(f"Capture not found: {self.capture}")
         if self.resume and not (self.out / "checkpoint.pt").is_file():
@@ -290,6 +348,17 @@ class TrainerJob:
         self.state.status = "running"
         self.state.message = "Starting the trainer"
 
+    def _start_mesh(self, python: str) -> None:
+        """Second step of the job: ``prd mesh`` on the finished run, logged into the same file."""
+        quality, texture_size = self.mesh
+        argv = mesh_command(python, self.out, quality, texture_size, self.device)
+        self.proc = BackgroundProcess(argv, env=trainer_env(), cwd=PACKAGE_PARENT, log_path=self.log_path)
+        self.proc.start()
+        self.mesh_started_at = time.monotonic()
+        s = self.state
+        s.phase, s.status, s.eta_s, s.mesh_fraction = "mesh", "running", -1.0, 0.0
+        s.message = f"Building the mesh ({quality}, {texture_size} px textures)"
+
     def cancel(self) -> None:
         """First call: SIGTERM (checkpoint, exit 3). A second call, or the grace time passing: kill."""
         if self.proc is None or self.state.finished:
@@ -299,7 +368,9 @@ class TrainerJob:
             return
         self.cancel_requested_at = time.monotonic()
         self.state.status = "cancelling"
-        self.state.message = "Cancelling: writing a checkpoint"
+        # The mesher keeps nothing partial (the manifest names its files only at the end): stopping is safe.
+        self.state.message = ("Cancelling the mesh step" if self.state.phase == "mesh"
+                              else "Cancelling: writing a checkpoint")
         self.proc.terminate()
 
     def poll(self, max_lines: int = 500) -> bool:
@@ -310,6 +381,17 @@ class TrainerJob:
         for stream, line in self.proc.drain(max_lines):
             if stream == "stdout":
                 changed |= self._on_stdout(line)
+        if self.state.phase == "mesh" and self.state.status == "running":
+            quality = self.mesh[0] if self.mesh else "standard"
+            elapsed = time.monotonic() - self.mesh_started_at
+            # Asymptotic: close to the estimate it slows down instead of stopping at 100 %.
+            expected = MESH_EXPECTED_S.get(quality, 180.0)
+            frac = 1.0 - 0.5 ** (elapsed / (0.5 * expected))
+            if abs(frac - self.state.mesh_fraction) > 0.005:
+                self.state.mesh_fraction = min(frac, 0.99)
+                m, sec = divmod(int(elapsed), 60)
+                self.state.message = f"Building the mesh ({quality}): {m}m {sec:02d}s"
+                changed = True
         if (self.cancel_requested_at and self.proc.running()
                 and time.monotonic() - self.cancel_requested_at > CANCEL_GRACE_S):
             self.proc.kill()
@@ -362,12 +444,26 @@ class TrainerJob:
             s.eta_s = 0.0
         elif kind in ("error", "cancelled"):
             s.error_event = ev
+        elif kind == "mesh":
+            s.mesh_done = True
+            s.mesh_faces = int(ev.get("faces") or 0)
         return True
 
     def _finish(self, code: int) -> None:
         s = self.state
         s.eta_s = 0.0
+        if s.phase == "mesh":
+            self._finish_mesh(code)
+            return
         status = self._manifest_status()
+        if code == EXIT_OK and status != "paused" and self.mesh is not None and not self.cancel_requested_at:
+            try:
+                self._start_mesh(check_interpreter(self.python))
+                return
+            except JobError as exc:
+                s.status, s.message = "failed", f"Training finished, but the mesh step could not start: {exc}"
+                self._copy_log()
+                return
         if code == EXIT_OK:
             s.status = "paused" if status == "paused" else "done"
             s.message = ("Paused: press Resume to continue" if s.status == "paused"
@@ -381,6 +477,23 @@ class TrainerJob:
         else:
             s.status = "failed"
             s.message = self._failure_message(code)
+        self._copy_log()
+
+    def _finish_mesh(self, code: int) -> None:
+        s = self.state
+        if code == EXIT_OK:
+            s.status, s.mesh_fraction = "done", 1.0
+            trained = f"{s.iteration} iterations, {s.gaussians} Gaussians, " if s.iteration else ""
+            s.message = f"Done: {trained}mesh of {s.mesh_faces:,} faces"
+        elif self.cancel_requested_at:
+            s.status = "cancelled"
+            s.message = "Cancelled while building the mesh: the training result is kept; press Resume to build it"
+        else:
+            s.status = "failed"
+            tail = [ln for ln in (self.proc.stderr_tail if self.proc else []) if ln.strip()]
+            msg = tail[-1] if tail else f"exit code {code}"
+            msg = msg[len("prd: error: "):] if msg.startswith("prd: error: ") else msg
+            s.message = f"Training finished, but building the mesh failed: {msg} (see the log)"
         self._copy_log()
 
     def _manifest_status(self) -> str:

@@ -59,11 +59,20 @@ def _quality(props) -> tuple[int, int | None, int]:
     return jobmod.QUALITY_PRESETS[props.quality]
 
 
+def _mesh_settings(props) -> tuple[str, int] | None:
+    """(``prd mesh`` quality, texture size) for the chosen quality, or None when no mesh is wanted."""
+    if not props.build_mesh:
+        return None
+    if props.quality == "CUSTOM":
+        return props.mesh_quality, int(props.texture_size)
+    return jobmod.MESH_PRESETS[props.quality]
+
+
 def _sync(props, state: jobmod.JobState) -> None:
     """Copy the job state into the scene properties the panel draws."""
     props.status = state.status.upper() if state.status != "starting" else "RUNNING"
     props.message = state.message[:1000]
-    props.stage = state.stage
+    props.stage = 5 if state.phase == "mesh" else state.stage  # 5: the panel shows "Mesh"
     props.iteration = state.iteration
     props.total_iterations = state.iterations
     props.psnr = state.psnr
@@ -88,8 +97,25 @@ def poll_job() -> float | None:
     if job.state.finished:
         if changed:
             print(f"prd: job {job.state.status}: {job.state.message}")
+            scene = bpy.data.scenes.get(_job_scene)
+            if job.state.status == "done" and scene is not None and scene.prd.auto_import:
+                _auto_import(scene, job.out)
         return None
     return POLL_INTERVAL_S
+
+
+def _auto_import(scene: bpy.types.Scene, out: Path) -> None:
+    """Bring a finished job's result into the scene it was started from (a timer has no operator context)."""
+    from . import importer
+
+    try:
+        importer.import_result(scene, out, gaussians=scene.prd.import_gaussians)
+    except importer.ImportError_ as exc:
+        scene.prd.message = f"{scene.prd.message}; import failed: {exc}"[:1000]
+        print(f"prd: import failed: {exc}")
+        return
+    scene.prd.message = f"{scene.prd.message}; imported"[:1000]
+    _tag_redraw()
 
 
 def _log_dir() -> Path:
@@ -122,9 +148,12 @@ def _start(op: bpy.types.Operator, context: bpy.types.Context, resume: bool) -> 
             return {"CANCELLED"}
     # On resume the run keeps its capture and resolution; it trains on to the current quality's iterations.
     iterations, resolution, distill_iterations = _quality(props)
+    mesh = _mesh_settings(props)
+    # A finished run whose mesh step was cancelled or failed: Resume builds the mesh without training again.
+    mesh_only = resume and mesh is not None and jobmod.run_needs_mesh_only(out)
     job = jobmod.TrainerJob(python, capture, out, iterations=iterations, resolution=resolution,
                             device=props.device, resume=resume, overwrite=props.overwrite, log_dir=_log_dir(),
-                            distill_iterations=distill_iterations)
+                            distill_iterations=distill_iterations, mesh=mesh, mesh_only=mesh_only)
     try:
         job.start()
     except jobmod.JobError as exc:
@@ -250,7 +279,8 @@ class PRD_OT_open_log(bpy.types.Operator):
 
 
 class PRD_OT_import_result(bpy.types.Operator):
-    """Import the reconstruction's cameras (and the Gaussians as a point preview) into the scene"""
+    """Import the reconstruction into the scene: the mesh with its PBR material, the recovered World, the
+    cameras and (optionally) the Gaussians as a point preview"""
 
     bl_idname = "prd.import_result"
     bl_label = "Import Result"
@@ -279,12 +309,20 @@ class PRD_OT_import_result(bpy.types.Operator):
             self.report({"ERROR"}, "Choose the output folder of a reconstruction")
             return {"CANCELLED"}
         try:
-            made = importer.import_result(context, folder, cameras=self.cameras, gaussians=self.gaussians)
+            made = importer.import_result(context.scene, folder, cameras=self.cameras, gaussians=self.gaussians)
         except importer.ImportError_ as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        n = len(made["gaussians"].data.vertices) if made["gaussians"] else 0
-        self.report({"INFO"}, f"Imported {len(made['cameras'])} cameras" + (f" and {n} Gaussians" if n else ""))
+        parts = []
+        if made["mesh"]:
+            parts.append(f"a mesh of {len(made['mesh'].data.polygons):,} faces")
+        parts.append(f"{len(made['cameras'])} cameras")
+        if made["gaussians"]:
+            parts.append(f"{len(made['gaussians'].data.vertices):,} Gaussians (hidden preview)" if made["mesh"]
+                         else f"{len(made['gaussians'].data.vertices):,} Gaussians")
+        if made["world"]:
+            parts.append("the recovered World")
+        self.report({"INFO"}, "Imported " + ", ".join(parts))
         return {"FINISHED"}
 
 

@@ -63,6 +63,10 @@ class PRD_PT_reconstruct(bpy.types.Panel):
             col.prop(props, "distill_iterations")
             col.prop(props, "resolution")
         col.prop(props, "device")
+        col.prop(props, "build_mesh")
+        if props.build_mesh and props.quality == "CUSTOM":
+            col.prop(props, "mesh_quality")
+            col.prop(props, "texture_size")
 
         row = layout.row(align=True)
         row.scale_y = 1.4
@@ -75,7 +79,8 @@ class PRD_PT_reconstruct(bpy.types.Panel):
                      + (f": {props.message}" if props.message else ""), context, STATUS_ICONS.get(props.status, "NONE"))
         if props.status in ("RUNNING", "CANCELLING") or props.iteration:
             grid = box.grid_flow(row_major=True, columns=2, even_columns=True, align=True)
-            grid.label(text=f"Stage {props.stage}" + (f" ({props.backend.upper()})" if props.backend else ""))
+            stage = "Mesh" if props.stage == 5 else f"Stage {props.stage}"
+            grid.label(text=stage + (f" ({props.backend.upper()})" if props.backend else ""))
             grid.label(text=f"Iteration {props.iteration}/{props.total_iterations}")
             grid.label(text=f"PSNR {props.psnr:.2f} dB")
             grid.label(text=f"Time left {format_seconds(props.eta_s)}")
@@ -89,8 +94,55 @@ class PRD_PT_reconstruct(bpy.types.Panel):
 
         box = layout.box()
         box.label(text="Result", icon="IMPORT")
+        box.prop(props, "auto_import")
         box.prop(props, "import_gaussians")
         box.operator("prd.import_result", icon="OUTLINER_OB_CAMERA")
 
 
-CLASSES = (PRD_PT_reconstruct,)
+class PRD_PT_relight(bpy.types.Panel):
+    bl_idname = "PRD_PT_relight"
+    bl_label = "Relight"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Reconstruct"
+    bl_parent_id = "PRD_PT_reconstruct"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        props = context.scene.prd
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        col = layout.column()
+        col.prop(props, "light_source", expand=True)
+        col.prop(props, "studio_light" if props.light_source == "STUDIO" else "hdri_path")
+        col.prop(props, "light_rotation")
+        col.prop(props, "light_strength")
+        row = layout.row(align=True)
+        row.operator("prd.relight_world", icon="WORLD")
+        row.operator("prd.recovered_world", icon="LOOP_BACK")
+        col = layout.column()
+        col.prop(props, "render_samples")
+        col.prop(props, "render_path")
+        row = layout.row()
+        row.scale_y = 1.3
+        row.operator("prd.relight_render", icon="RENDER_STILL")
+        if props.last_render:
+            _labels(layout, f"Last: {props.last_render}", context, icon="IMAGE_DATA")
+
+
+class PRD_PT_export(bpy.types.Panel):
+    bl_idname = "PRD_PT_export"
+    bl_label = "Export"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Reconstruct"
+    bl_parent_id = "PRD_PT_reconstruct"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        props = context.scene.prd
+        layout = self.layout
+        layout.prop(props, "mesh_object")
+        layout.operator("prd.export_glb", icon="EXPORT")
+
+
+CLASSES = (PRD_PT_reconstruct, PRD_PT_relight, PRD_PT_export)

@@ -99,3 +99,58 @@ def gaussian_attributes(v: np.ndarray) -> dict[str, np.ndarray]:
         if key in names:
             out[key] = np.clip(v[key], 0, 1).astype(np.float32)
     return out
+
+
+def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The vertex element (structured array) and the triangles (F, 3) of a binary little-endian triangle PLY.
+
+    Format: ``mesh.ply`` of ``prd mesh`` (docs/handoff.md): float vertex properties, then a face element
+    with ``property list uchar int vertex_indices`` holding only triangles, which lets numpy read the
+    faces as fixed-size records instead of looping over them in Python.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        if fh.readline().strip() != b"ply":
+            raise PlyError(f"{path} is not a PLY file")
+        fmt, element, nv, nf, fields, face_list = None, "", 0, 0, [], None
+        while True:
+            raw = fh.readline()
+            if not raw:
+                raise PlyError(f"{path}: header has no end_header")
+            words = raw.decode("ascii", errors="replace").split()
+            if not words or words[0] in ("comment", "obj_info"):
+                continue
+            if words[0] == "end_header":
+                break
+            if words[0] == "format":
+                fmt = words[1]
+            elif words[0] == "element":
+                element = words[1]
+                if element == "vertex":
+                    nv = int(words[2])
+                elif element == "face":
+                    nf = int(words[2])
+                else:
+                    raise PlyError(f"{path}: unexpected element {element!r}")
+            elif words[0] == "property" and element == "vertex":
+                if words[1] not in _PLY_TYPES:
+                    raise PlyError(f"{path}: unsupported vertex property type {words[1]!r}")
+                fields.append((words[2], "<" + _PLY_TYPES[words[1]]))
+            elif words[0] == "property" and element == "face":
+                face_list = words[1:4]
+        if fmt != "binary_little_endian":
+            raise PlyError(f"{path}: only binary little-endian PLY is supported (found {fmt!r})")
+        if not nf or not face_list or face_list[0] != "list" or face_list[1] not in _PLY_TYPES \
+                or face_list[2] not in _PLY_TYPES:
+            raise PlyError(f"{path}: no face list (not a mesh)")
+        vertices = np.fromfile(fh, dtype=np.dtype(fields), count=nv)
+        face_dtype = np.dtype([("n", "<" + _PLY_TYPES[face_list[1]]), ("i", "<" + _PLY_TYPES[face_list[2]], (3,))])
+        faces = np.fromfile(fh, dtype=face_dtype, count=nf)
+    if len(vertices) != nv or len(faces) != nf:
+        raise PlyError(f"{path} is truncated")
+    if not (faces["n"] == 3).all():
+        raise PlyError(f"{path}: only triangle meshes are supported")
+    tris = faces["i"].astype(np.int64)
+    if nv and (tris.min() < 0 or tris.max() >= nv):
+        raise PlyError(f"{path}: face indices out of range")
+    return vertices, tris

@@ -1,9 +1,11 @@
 """Scene properties of the Reconstruct panel (``scene.prd``): the job's settings and its live status."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: Blender evaluates string annotations without this
+# module's globals, so the dynamic enum's items callback could not find studio_light_items.
+import os
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 SOURCES = [
     ("COLMAP", "COLMAP Model", "A COLMAP sparse model (binary or text), or a project folder holding one"),
@@ -22,10 +24,41 @@ DEVICES = [
     ("cuda", "CUDA", "NVIDIA GPU through gsplat; fails when unavailable"),
     ("cpu", "CPU", "The compiled CPU backend (slower, runs everywhere)"),
 ]
+MESH_QUALITIES = [
+    ("preview", "Preview", "About 20,000 faces"),
+    ("standard", "Standard", "About 100,000 faces"),
+    ("high", "High", "About 300,000 faces"),
+]
+TEXTURE_SIZES = [("512", "512 px", ""), ("1024", "1024 px", ""), ("2048", "2048 px", "")]
+LIGHT_SOURCES = [
+    ("STUDIO", "Bundled", "One of the HDRIs that ship with Blender (studio lights, World)"),
+    ("FILE", "File", "An equirectangular .hdr or .exr file"),
+]
 STATUSES = [
     ("IDLE", "Idle", ""), ("RUNNING", "Running", ""), ("CANCELLING", "Cancelling", ""),
     ("DONE", "Done", ""), ("PAUSED", "Paused", ""), ("CANCELLED", "Cancelled", ""), ("FAILED", "Failed", ""),
 ]
+
+
+# Blender keeps only the strings of dynamic enum items that Python keeps alive: cache them.
+_studio_items: list[tuple[str, str, str]] = []
+
+
+def studio_lights() -> dict[str, str]:
+    """Blender's bundled world HDRIs: name -> path (studiolights/world in the installation's datafiles)."""
+    folder = bpy.utils.system_resource("DATAFILES", path="studiolights/world")
+    if not folder or not os.path.isdir(folder):
+        return {}
+    return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.lower().endswith((".exr", ".hdr"))}
+
+
+def studio_light_items() -> list[tuple[str, str, str]]:
+    if not _studio_items:
+        _studio_items.extend((name, name.replace("_", " ").title(), path) for name, path in studio_lights().items())
+        if not _studio_items:
+            _studio_items.append(("NONE", "None Found", "This Blender has no bundled world HDRIs"))
+    return _studio_items
 
 
 def source_problem(source: str) -> str:
@@ -61,6 +94,36 @@ class PRD_PG_job(bpy.types.PropertyGroup):
     device: EnumProperty(name="Device", items=DEVICES, default="auto")
     import_gaussians: BoolProperty(name="Gaussians Preview", default=True,
                                    description="Also import the Gaussians as a point preview object")
+
+    build_mesh: BoolProperty(name="Build Mesh", default=True,
+                             description="After training, extract a mesh and bake its PBR textures (prd mesh)")
+    mesh_quality: EnumProperty(name="Mesh", items=MESH_QUALITIES, default="standard",
+                               description="Mesh detail (Custom quality; presets choose it with the training)")
+    texture_size: EnumProperty(name="Textures", items=TEXTURE_SIZES, default="1024",
+                               description="Size of the baked textures (Custom quality)")
+    auto_import: BoolProperty(name="Import When Done", default=True,
+                              description="Import the result into the scene as soon as the job finishes")
+
+    # Relight: another HDRI as World, rendered with Cycles.
+    light_source: EnumProperty(name="Light", items=LIGHT_SOURCES, default="STUDIO")
+    studio_light: EnumProperty(name="HDRI", items=lambda self, context: studio_light_items(),
+                               description="Blender's bundled world HDRIs")
+    hdri_path: StringProperty(name="HDRI File", subtype="FILE_PATH",
+                              description="Equirectangular .hdr or .exr (Z up, Blender's convention)")
+    light_rotation: FloatProperty(name="Rotation", subtype="ANGLE", default=0.0,
+                                  description="Turn the HDRI about the world Z axis")
+    light_strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=10.0)
+    render_samples: IntProperty(name="Samples", default=64, min=1, soft_max=4096,
+                                description="Cycles samples of the relit still")
+    render_path: StringProperty(
+        name="Render To", subtype="FILE_PATH",
+        description="PNG for the relit still (empty: <output>/relight/<hdri>.png); never overwritten: a number is "
+                    "appended when the file exists")
+    last_render: StringProperty(name="Last Render", subtype="FILE_PATH")
+    recovered_world: PointerProperty(type=bpy.types.World, name="Recovered World",
+                                     description="The World made from the run's recovered environment map")
+    mesh_object: PointerProperty(type=bpy.types.Object, name="Mesh",
+                                 description="The reconstructed mesh (exported by Export glTF)")
 
     # Live status, written by the job timer (operators.poll_job); read-only in the UI.
     status: EnumProperty(name="Status", items=STATUSES, default="IDLE")

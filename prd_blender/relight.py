@@ -1,0 +1,191 @@
+"""Relight: show the reconstruction under another HDRI (a file, or one of Blender's bundled studio lights),
+render a still with Cycles, and switch back to the recovered environment.
+
+The relit World is one data-block ("PRD Relight") updated in place, so trying ten HDRIs does not leave ten
+Worlds behind; the recovered World keeps a fake user (importer.import_world) so it is never lost.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, IntProperty, StringProperty
+
+from . import importer, properties
+
+RELIGHT_WORLD = "PRD Relight"
+
+
+class RelightError(ValueError):
+    """The relight settings cannot be used; the message is for the user."""
+
+
+def chosen_hdri(props) -> Path:
+    """The HDRI the panel points at: a bundled studio light or a file; raises RelightError when unusable."""
+    if props.light_source == "STUDIO":
+        path = properties.studio_lights().get(props.studio_light)
+        if not path:
+            raise RelightError("No bundled HDRI chosen (this Blender has none under datafiles/studiolights/world)")
+        return Path(path)
+    if not props.hdri_path:
+        raise RelightError("Choose an HDRI file (.hdr or .exr)")
+    path = Path(bpy.path.abspath(props.hdri_path))
+    if not path.is_file():
+        raise RelightError(f"HDRI not found: {path}")
+    if path.suffix.lower() not in (".hdr", ".exr"):
+        raise RelightError(f"{path.name} is not an HDRI: use an equirectangular .hdr or .exr")
+    return path
+
+
+def set_world(scene: bpy.types.Scene, hdri: str | Path, rotation: float = 0.0,
+              strength: float = 1.0) -> bpy.types.World:
+    """Make ``scene`` use ``hdri`` (rotation in radians about Z) through the shared "PRD Relight" World."""
+    hdri = Path(hdri)
+    world = bpy.data.worlds.get(RELIGHT_WORLD) or bpy.data.worlds.new(RELIGHT_WORLD)
+    importer.environment_nodes(world, hdri, strength, math.degrees(rotation))
+    world["prd_hdri"] = str(hdri)
+    scene.world = world
+    return world
+
+
+def unique_path(path: str | Path) -> Path:
+    """``path`` if it does not exist, else the first free ``<stem>_001<suffix>``, ``_002`` ...: a render
+    never replaces an earlier one silently."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    stem = re.sub(r"_\d{3}$", "", path.stem)
+    for i in range(1, 10_000):
+        candidate = path.with_name(f"{stem}_{i:03d}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise RelightError(f"Too many renders named {stem}_NNN{path.suffix} in {path.parent}")
+
+
+def default_render_path(props, hdri: Path) -> Path:
+    """Where a relit still goes when the panel names no file: <output folder>/relight/<hdri>_<deg>deg.png."""
+    if props.render_path:
+        path = Path(bpy.path.abspath(props.render_path))
+        if props.render_path.endswith(("/", "\\")) or path.is_dir():
+            return path / f"{hdri.stem}_{round(math.degrees(props.light_rotation))}deg.png"
+        return path if path.suffix.lower() == ".png" else path.with_suffix(".png")
+    base = props.result_dir or props.output_dir
+    if not base:
+        raise RelightError("Choose where to save the render (Render To), or set the output folder of a run")
+    return Path(bpy.path.abspath(base)) / "relight" / f"{hdri.stem}_{round(math.degrees(props.light_rotation))}deg.png"
+
+
+def render_still(scene: bpy.types.Scene, filepath: str | Path, samples: int = 64) -> Path:
+    """Render ``scene`` from its camera with Cycles and save a PNG at ``filepath`` (or a numbered name
+    beside it when taken). Blocking, like F12 with "Render Result" kept; the scene's render engine, samples
+    and output format are restored afterwards so the user's settings are not changed by a preview."""
+    if scene.camera is None:
+        raise RelightError("The scene has no camera: import a result (its cameras) or add a camera")
+    path = unique_path(filepath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    r = scene.render
+    fmt = r.image_settings
+    saved = (r.engine, scene.cycles.samples, fmt.file_format, fmt.color_mode, fmt.color_depth)
+    try:
+        r.engine = "CYCLES"
+        scene.cycles.samples = int(samples)
+        fmt.file_format = "PNG"
+        fmt.color_mode = "RGBA" if r.film_transparent else "RGB"
+        fmt.color_depth = "8"
+        bpy.ops.render.render(write_still=False, scene=scene.name)
+        result = bpy.data.images.get("Render Result")
+        if result is None:
+            raise RelightError("Cycles produced no image (see the console)")
+        result.save_render(str(path), scene=scene)
+    finally:
+        r.engine, scene.cycles.samples = saved[0], saved[1]
+        fmt.file_format, fmt.color_mode, fmt.color_depth = saved[2], saved[3], saved[4]
+    return path
+
+
+class PRD_OT_relight_world(bpy.types.Operator):
+    """Light the scene with the chosen HDRI (the recovered environment stays available to switch back)"""
+
+    bl_idname = "prd.relight_world"
+    bl_label = "Set World"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = context.scene.prd
+        try:
+            hdri = chosen_hdri(props)
+        except RelightError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        set_world(context.scene, hdri, props.light_rotation, props.light_strength)
+        self.report({"INFO"}, f"World: {hdri.name}")
+        return {"FINISHED"}
+
+
+class PRD_OT_relight_render(bpy.types.Operator):
+    """Set the chosen HDRI as World and render a still with Cycles from the scene camera into a PNG
+    (never replacing an earlier render)"""
+
+    bl_idname = "prd.relight_render"
+    bl_label = "Render Relit Still"
+    bl_options = {"REGISTER"}
+
+    filepath: StringProperty(name="File", subtype="FILE_PATH", options={"SKIP_SAVE"},
+                             description="PNG to write (default: the panel's Render To)")
+    samples: IntProperty(name="Samples", default=0, min=0, options={"SKIP_SAVE"},
+                         description="Cycles samples (0: the panel's)")
+    keep_world: BoolProperty(name="Keep Current World", default=False, options={"SKIP_SAVE"},
+                             description="Render with the scene's current World instead of the chosen HDRI")
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if context.scene is None or context.scene.camera is None:
+            cls.poll_message_set("The scene has no camera")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        scene = context.scene
+        props = scene.prd
+        try:
+            if self.keep_world:
+                hdri = Path(scene.world.get("prd_hdri") or scene.world.get("prd_environment") or "world") \
+                    if scene.world else Path("world")
+            else:
+                hdri = chosen_hdri(props)
+                set_world(scene, hdri, props.light_rotation, props.light_strength)
+            path = Path(bpy.path.abspath(self.filepath)) if self.filepath else default_render_path(props, hdri)
+            written = render_still(scene, path, self.samples or props.render_samples)
+        except RelightError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        props.last_render = str(written)
+        self.report({"INFO"}, f"Rendered {written}" + ("" if written == path else f" ({path.name} exists)"))
+        return {"FINISHED"}
+
+
+class PRD_OT_recovered_world(bpy.types.Operator):
+    """Switch the World back to the environment recovered by the reconstruction"""
+
+    bl_idname = "prd.recovered_world"
+    bl_label = "Recovered Light"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        props = getattr(context.scene, "prd", None)
+        if props is None or props.recovered_world is None:
+            cls.poll_message_set("No recovered environment imported yet")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        context.scene.world = context.scene.prd.recovered_world
+        self.report({"INFO"}, f"World: {context.scene.world.name}")
+        return {"FINISHED"}
+
+
+CLASSES = (PRD_OT_relight_world, PRD_OT_relight_render, PRD_OT_recovered_world)
