@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train on a capture (transforms.json or COLMAP model)")
-    t.add_argument("capture", help="transforms*.json, a folder holding one, or a COLMAP model/project folder")
+    t.add_argument("capture", help="transforms*.json, a folder holding one, a COLMAP model/project folder, or a "
+                   "folder of photos (poses are computed first, into OUT/sfm)")
     t.add_argument("--out", required=True, type=Path, help="output folder (must be new or empty)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--iterations", type=int, help="stage-1 iterations (default 7000)")
@@ -48,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-seconds", type=float, help="stop (with a checkpoint) after this much training time")
     t.add_argument("--stop-at", type=int, metavar="N", help="pause after iteration N (--resume later)")
     t.add_argument("--quiet", action="store_true", help="no JSON lines on stdout (the log file still gets them)")
+
+    ps = sub.add_parser("poses", help="camera poses from a folder of photos (structure-from-motion with pycolmap)")
+    ps.add_argument("photos", type=Path, help="folder of JPEG/PNG/TIFF photos of one camera")
+    ps.add_argument("--out", required=True, type=Path, help="output folder: images/, sparse/0/, sfm.json")
+    ps.add_argument("--matcher", default="auto", choices=["auto", "exhaustive", "sequential", "spatial"],
+                    help="auto: exhaustive up to 150 photos, sequential (file-name order) above")
+    ps.add_argument("--camera-model", default="SIMPLE_RADIAL",
+                    choices=["SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"])
+    ps.add_argument("--max-image-size", type=int, default=1024, help="longer side SIFT works at")
+    ps.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    ps.add_argument("--overwrite", action="store_true", help="replace earlier poses in --out")
+    ps.add_argument("--quiet", action="store_true", help="no JSON lines on stdout")
 
     rl = sub.add_parser("relight", help="render the distilled asset under another HDRI")
     rl.add_argument("out", type=Path, help="a finished run folder")
@@ -86,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bn.add_argument("--out", type=Path, help="run folder (default: a temporary folder)")
     bn.add_argument("--json", type=Path, default=Path("docs/benchmarks/nvs_lego.json"))
+    bs = bsub.add_parser("sfm", help="prd poses on lego (poses withheld) vs the true poses, and the NVS effect")
+    bs.add_argument("--data", type=Path, default=Path("../shared/data/lego"))
+    bs.add_argument("--work", type=Path, help="folder for the poses and runs (default: a temporary folder)")
+    bs.add_argument("--nvs-resolution", type=int, default=100, help="0 skips the NVS comparison")
+    bs.add_argument("--nvs-iterations", type=int, default=2000)
+    bs.add_argument("--max-image-size", type=int, default=400, help="longer side SIFT works at")
+    bs.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bs.add_argument("--json", type=Path, default=Path("docs/benchmarks/sfm.json"))
     brl = bsub.add_parser("relight", help="PRD vs Cycles ground truth on the synthetic relighting objects")
     brl.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser(),
                      help="output of scripts/make_relight_benchmark.py")
@@ -125,12 +146,24 @@ def main(argv: list[str] | None = None) -> int:
                 n = args.distill_iterations
                 distill = DistillConfig(stage2=n, stage3=n, stage4=n, real_scene=args.real_scene,
                                         tonemap="aces" if args.real_scene else "srgb")
+            capture = args.capture
+            if not args.resume:  # a bare photo folder gets its poses first (a resumed run reuses OUT/sfm)
+                from .sfm import poses_for_training
+
+                capture = poses_for_training(capture, args.out, overwrite=args.overwrite, quiet=args.quiet)
             run_train(
-                args.capture, args.out, device=args.device, iterations=args.iterations,
+                capture, args.out, device=args.device, iterations=args.iterations,
                 resolution=args.resolution, downscale=args.downscale, background=args.background,
-                hold_out_every=args.hold_out, resume=args.resume, overwrite=args.overwrite,
+                hold_out_every=args.hold_out, resume=args.resume,
+                overwrite=args.overwrite or capture != args.capture,
                 max_seconds=args.max_seconds, stop_at=args.stop_at, distill=distill, quiet=args.quiet,
             )
+        elif args.command == "poses":
+            from .sfm.run import PosesConfig, run_poses
+
+            cfg = PosesConfig(matcher=args.matcher, camera_model=args.camera_model,
+                              max_image_size=args.max_image_size, threads=args.threads)
+            run_poses(args.photos, args.out, cfg, overwrite=args.overwrite, quiet=args.quiet)
         elif args.command == "eval":
             from .pipeline import run_eval
 
@@ -162,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             from .bench.nvs import bench_nvs
 
             bench_nvs(args.data, args.resolution, args.iterations, args.max_seconds, args.device, args.out, args.json)
+        elif args.bench == "sfm":
+            from .bench.sfm import bench_sfm
+
+            bench_sfm(args.data, args.work, args.nvs_resolution, args.nvs_iterations, args.device, args.json,
+                      args.max_image_size)
         elif args.bench == "relight":
             from .bench.relight import bench_relight
 

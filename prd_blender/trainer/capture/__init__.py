@@ -46,6 +46,13 @@ def find_capture(path: str | Path, split: str = "train") -> tuple[str, Path]:
             f"{p} has no transforms.json or transforms_{split}.json, only {', '.join(others)}: "
             "choose the split or pass the json file itself."
         )
+    from ..sfm import is_photo_folder  # late: sfm imports capture
+
+    if is_photo_folder(p):
+        raise CaptureError(
+            f"{p} is a folder of photos without camera poses. Compute them first with `prd poses {p} --out DIR` "
+            "and load DIR, or give the folder to `prd train`, which does both."
+        )
     raise CaptureError(f"No capture found in {p}. {ACCEPTED_FORMATS}")
 
 
