@@ -322,6 +322,10 @@ class TrainerJob:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log_dir = Path(log_dir) if log_dir else self.out.parent
         self.log_path = log_dir / f"prd-{self.out.name}-{stamp}-{os.getpid()}.log"
+        # Created by cancel(): the trainer stops (with a checkpoint) when it appears (PRD_STOP_FILE). The
+        # portable twin of SIGTERM, needed on Windows, where CTRL_BREAK cannot reach a process that was
+        # started without a console window. Kept beside the log, never in the user's output folder.
+        self.stop_path = self.log_path.with_suffix(".stop")
         self.proc: BackgroundProcess | None = None
         self.cancel_requested_at = 0.0
 
@@ -343,7 +347,10 @@ class TrainerJob:
         argv = train_command(python, self.capture, self.out, iterations=self.iterations,
                              resolution=self.resolution, device=self.device, resume=self.resume,
                              overwrite=self.overwrite, distill_iterations=self.distill_iterations)
-        self.proc = BackgroundProcess(argv, env=trainer_env(), cwd=PACKAGE_PARENT, log_path=self.log_path)
+        self.stop_path.unlink(missing_ok=True)
+        env = trainer_env()
+        env["PRD_STOP_FILE"] = str(self.stop_path)
+        self.proc = BackgroundProcess(argv, env=env, cwd=PACKAGE_PARENT, log_path=self.log_path)
         self.proc.start()
         self.state.status = "running"
         self.state.message = "Starting the trainer"
@@ -371,6 +378,11 @@ class TrainerJob:
         # The mesher keeps nothing partial (the manifest names its files only at the end): stopping is safe.
         self.state.message = ("Cancelling the mesh step" if self.state.phase == "mesh"
                               else "Cancelling: writing a checkpoint")
+        try:
+            self.stop_path.parent.mkdir(parents=True, exist_ok=True)
+            self.stop_path.touch()
+        except OSError:
+            pass  # the signal below still does it on POSIX
         self.proc.terminate()
 
     def poll(self, max_lines: int = 500) -> bool:
@@ -534,6 +546,7 @@ class TrainerJob:
         return f"Trainer failed: {msg}" if msg else f"Trainer failed with exit code {code} (see the log)"
 
     def _copy_log(self) -> None:
+        self.stop_path.unlink(missing_ok=True)  # the job is over (every end of a job passes here)
         # Only into a folder the trainer has made its own (it has a manifest): an extra file in a new,
         # empty folder would make the next run refuse that folder as "not empty and not a prd folder".
         try:

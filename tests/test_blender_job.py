@@ -205,6 +205,21 @@ def test_cancel_then_resume(scene, tmp_path):
     assert (out / "point_cloud.ply").is_file()
 
 
+def test_cancel_without_signals_as_on_windows(scene, tmp_path, monkeypatch):
+    """On Windows CTRL_BREAK cannot reach a trainer started without a console window: the stop file that
+    cancel() creates (PRD_STOP_FILE) must stop it with a checkpoint on its own."""
+    monkeypatch.setattr(jobmod.BackgroundProcess, "terminate", lambda self: None)
+    out = tmp_path / "run"
+    _start(scene, SAMPLE, out, iterations=5000)
+    drive(operators.poll_job, 120, until=lambda: scene.prd.iteration >= 10)
+    assert bpy.ops.prd.cancel() == {"FINISHED"}
+    assert operators._job.stop_path.is_file()
+    drive(operators.poll_job, 90)
+    assert scene.prd.status == "CANCELLED", scene.prd.message
+    assert (out / "checkpoint.pt").is_file() and operators._job.state.checkpoint_iteration >= 10
+    assert not operators._job.stop_path.exists()  # removed once the job is over
+
+
 def test_corrupt_image_names_the_file(scene, tmp_path):
     cap = copy_capture(tmp_path / "capture ü é")
     (cap / "train" / "r_005.png").write_bytes(b"this is not a png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -93,11 +94,20 @@ class StopFlag:
     """Turns SIGTERM/SIGINT into a flag the training loops check, so they can checkpoint and exit."""
 
     def __init__(self):
-        self.stop = False
+        self._signalled = False
         self._old = {}
+        # A file whose appearance also stops the run: the Blender side's cancel on Windows, where a console
+        # signal cannot reach a process started without a console window (CREATE_NO_WINDOW).
+        self._stop_file = os.environ.get("PRD_STOP_FILE") or None
+
+    @property
+    def stop(self) -> bool:
+        return self._signalled or bool(self._stop_file and os.path.exists(self._stop_file))
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGBREAK (Windows only): what the Blender side's cancel sends there (CTRL_BREAK_EVENT to the group).
+        sigs = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGBREAK,) if hasattr(signal, "SIGBREAK") else ())
+        for sig in sigs:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
@@ -105,7 +115,7 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        self.stop = True
+        self._signalled = True
 
     def __exit__(self, *exc):
         for sig, h in self._old.items():
