@@ -294,6 +294,20 @@ def run_needs_mesh_only(out: str | Path) -> bool:
     return manifest.get("status") == "complete" and "gaussians" in files and "mesh" not in files
 
 
+def _poses_message(ev: dict) -> str:
+    """The panel's line for a structure-from-motion event of ``prd train PHOTOS`` (docs/handoff.md)."""
+    step = ev.get("step", "")
+    if step == "photos":
+        return f"Camera poses: {ev.get('photos')} photos"
+    if step in ("features", "undistort"):
+        return f"Camera poses: {step} {ev.get('done')}/{ev.get('total')}"
+    if step == "mapping":
+        return f"Camera poses: registering photos ({ev.get('attempts')}/{ev.get('total')})"
+    if step in ("unregistered", "few_features") and ev.get("message"):
+        return f"Camera poses: {ev['message']}"
+    return f"Camera poses: {step}" if step else "Camera poses"
+
+
 class TrainerJob:
     """One ``prd train`` run, optionally followed by ``prd mesh`` on its result: start, poll (non-blocking),
     cancel; turns the output of both processes into one JobState.
@@ -456,6 +470,8 @@ class TrainerJob:
             s.eta_s = 0.0
         elif kind in ("error", "cancelled"):
             s.error_event = ev
+        elif kind == "poses":
+            s.message = _poses_message(ev)
         elif kind == "mesh":
             s.mesh_done = True
             s.mesh_faces = int(ev.get("faces") or 0)

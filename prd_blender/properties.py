@@ -10,7 +10,8 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 SOURCES = [
     ("COLMAP", "COLMAP Model", "A COLMAP sparse model (binary or text), or a project folder holding one"),
     ("TRANSFORMS", "transforms.json", "A NeRF / nerfstudio / instant-ngp transforms.json, or a folder holding one"),
-    ("PHOTOS", "Photo Folder", "A folder of photos (needs structure-from-motion: not supported yet)"),
+    ("PHOTOS", "Photo Folder", "A folder of photos: the trainer finds the camera poses first (structure from "
+                               "motion with COLMAP), then reconstructs"),
     ("SCENE", "Scene Cameras", "The cameras and renders of the current scene (not supported yet)"),
 ]
 QUALITIES = [
@@ -63,9 +64,6 @@ def studio_light_items() -> list[tuple[str, str, str]]:
 
 def source_problem(source: str) -> str:
     """Why a capture source cannot be used yet ("" when it can); shown by poll() and the panel."""
-    if source == "PHOTOS":
-        return ("A photo folder needs camera poses from structure-from-motion first (not built in yet): "
-                "run COLMAP on the photos and choose 'COLMAP Model'")
     if source == "SCENE":
         return "Reconstructing from the scene's cameras is not supported yet: render a transforms.json capture"
     return ""

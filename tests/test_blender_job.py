@@ -256,12 +256,17 @@ def test_cuda_requested_without_cuda_is_a_clear_message(scene, tmp_path):
 
 
 def test_unsupported_sources_explain_themselves(scene):
-    for source, words in (("PHOTOS", "structure-from-motion"), ("SCENE", "not supported")):
-        scene.prd.source = source
-        assert not bpy.ops.prd.start.poll()
-        from prd_blender.properties import source_problem
+    from prd_blender.properties import source_problem
 
-        assert words in source_problem(source)
+    scene.prd.source = "SCENE"
+    assert not bpy.ops.prd.start.poll() and "not supported" in source_problem("SCENE")
+    # A photo folder goes straight to `prd train PHOTOS` (which runs structure from motion first).
+    scene.prd.source = "PHOTOS"
+    assert bpy.ops.prd.start.poll() and source_problem("PHOTOS") == ""
+    scene.prd.photos_path = "/photos"
+    assert scene.prd.capture_path() == "/photos"
+    ev = {"event": "poses", "step": "features", "done": 3, "total": 40}
+    assert jobmod._poses_message(ev) == "Camera poses: features 3/40"
     scene.prd.source = "TRANSFORMS"
     with pytest.raises(RuntimeError, match="output folder"):
         bpy.ops.prd.start()

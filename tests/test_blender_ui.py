@@ -14,7 +14,8 @@ import prd_blender  # noqa: E402
 from prd_blender import job as jobmod  # noqa: E402
 from prd_blender import operators  # noqa: E402
 
-OPERATORS = ("start", "resume", "cancel", "open_log", "import_result", "check_environment", "create_environment")
+OPERATORS = ("start", "resume", "cancel", "open_log", "import_result", "check_environment", "create_environment",
+             "relight_world", "relight_render", "recovered_world", "export_glb")
 
 
 def _registered() -> bool:
@@ -175,12 +176,14 @@ def test_panel_and_preferences_draw(source, status):
     scene.prd.iteration = 3 if status == "RUNNING" else 0
     drawn: list = []
     ctx = SimpleNamespace(scene=scene, region=None, preferences=bpy.context.preferences)
-    bpy.types.PRD_PT_reconstruct.draw(SimpleNamespace(layout=_Layout(drawn)), ctx)
+    for panel in (bpy.types.PRD_PT_reconstruct, bpy.types.PRD_PT_relight, bpy.types.PRD_PT_export):
+        panel.draw(SimpleNamespace(layout=_Layout(drawn)), ctx)
     labels = " ".join(kw.get("text", "") for name, _, kw in drawn if name == "label")
     ops = {a[0] for name, a, _ in drawn if name == "operator"}
-    assert {"prd.start", "prd.resume", "prd.cancel", "prd.open_log", "prd.import_result"} <= ops
-    if source in ("PHOTOS", "SCENE"):
-        assert "supported" in labels or "structure-from-motion" in labels
+    assert {"prd.start", "prd.resume", "prd.cancel", "prd.open_log", "prd.import_result", "prd.relight_world",
+            "prd.relight_render", "prd.recovered_world", "prd.export_glb"} <= ops
+    if source == "SCENE":
+        assert "supported" in labels
     if status == "RUNNING":
         assert "Iteration 3/" in labels and "PSNR" in labels and "Time left" in labels
     drawn.clear()
