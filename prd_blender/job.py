@@ -219,7 +219,7 @@ class JobState:
     """What the panel shows; updated from the trainer's events on the main thread."""
 
     status: str = "starting"  # starting, running, cancelling, done, paused, cancelled, failed
-    phase: str = "train"  # train, then mesh when the job builds one
+    phase: str = "train"  # (scene: rendering the scene's cameras), train, then mesh when the job builds one
     stage: int = 0
     iteration: int = 0
     iterations: int = 0
@@ -319,8 +319,11 @@ class TrainerJob:
     def __init__(self, python: str, capture: str | Path, out: str | Path, *, iterations: int | None = None,
                  resolution: int | None = None, device: str = "auto", resume: bool = False,
                  overwrite: bool = False, log_dir: Path | None = None, distill_iterations: int | None = None,
-                 mesh: tuple[str, int] | None = None, mesh_only: bool = False):
+                 mesh: tuple[str, int] | None = None, mesh_only: bool = False,
+                 scene_render: list[str] | None = None):
         self.python = python
+        # argv of a first step that renders the scene's cameras into the capture folder (scene_render.py).
+        self.scene_render = scene_render
         self.mesh = mesh
         self.mesh_only = mesh_only and mesh is not None
         self.mesh_started_at = 0.0
@@ -351,6 +354,16 @@ class TrainerJob:
                 raise JobError(f"{self.out} holds no finished run to build a mesh from")
             self._start_mesh(python)
             return
+        if self.scene_render and not self.resume:
+            self.proc = BackgroundProcess(self.scene_render, env=trainer_env(), cwd=PACKAGE_PARENT,
+                                          log_path=self.log_path)
+            self.proc.start()
+            self.state.phase, self.state.status = "scene", "running"
+            self.state.message = "Rendering the scene's cameras with Cycles"
+            return
+        self._start_train(python)
+
+    def _start_train(self, python: str) -> None:
         if not self.resume and not os.path.exists(self.capture):
             raise JobError(f"Capture not found: {self.capture}")
         if self.resume and not (self.out / "checkpoint.pt").is_file():
@@ -366,7 +379,7 @@ class TrainerJob:
         env["PRD_STOP_FILE"] = str(self.stop_path)
         self.proc = BackgroundProcess(argv, env=env, cwd=PACKAGE_PARENT, log_path=self.log_path)
         self.proc.start()
-        self.state.status = "running"
+        self.state.phase, self.state.status = "train", "running"
         self.state.message = "Starting the trainer"
 
     def _start_mesh(self, python: str) -> None:
@@ -470,6 +483,8 @@ class TrainerJob:
             s.eta_s = 0.0
         elif kind in ("error", "cancelled"):
             s.error_event = ev
+        elif kind == "scene_capture":
+            s.message = f"Rendering the scene's cameras: {ev.get('done')}/{ev.get('total')}"
         elif kind == "poses":
             s.message = _poses_message(ev)
         elif kind == "mesh":
@@ -482,6 +497,22 @@ class TrainerJob:
         s.eta_s = 0.0
         if s.phase == "mesh":
             self._finish_mesh(code)
+            return
+        if s.phase == "scene":
+            if code == EXIT_OK and not self.cancel_requested_at:
+                try:
+                    self._start_train(check_interpreter(self.python))
+                    return
+                except JobError as exc:
+                    s.status, s.message = "failed", str(exc)
+            elif self.cancel_requested_at:
+                s.status, s.message = "cancelled", "Cancelled while rendering the scene's cameras"
+            else:
+                tail = [ln for ln in (self.proc.stderr_tail if self.proc else []) if ln.strip()]
+                msg = tail[-1] if tail else f"exit code {code}"
+                s.status = "failed"
+                s.message = f"Rendering the scene's cameras failed: {msg.removeprefix('prd: error: ')}"
+            self._copy_log()
             return
         status = self._manifest_status()
         if code == EXIT_OK and status != "paused" and self.mesh is not None and not self.cancel_requested_at:

@@ -135,17 +135,25 @@ def _start(op: bpy.types.Operator, context: bpy.types.Context, resume: bool) -> 
         op.report({"ERROR"}, "Choose an output folder")
         return {"CANCELLED"}
     capture = props.capture_path()
+    scene_render = None
     if not resume:
         if problem := properties.source_problem(props.source):
             op.report({"ERROR"}, problem)
             return {"CANCELLED"}
-        if not capture:
+        if not capture and props.source != "SCENE":
             op.report({"ERROR"}, "Choose the capture to reconstruct")
             return {"CANCELLED"}
         if (Path(out) / "manifest.json").is_file() and not props.overwrite:
             op.report({"ERROR"}, f"{out} already holds a reconstruction: press Resume, tick 'Replace Earlier "
                                  "Run', or choose another output folder")
             return {"CANCELLED"}
+        if props.source == "SCENE":
+            try:
+                capture, scene_render = _prepare_scene_capture(context, props)
+            except jobmod.JobError as exc:
+                props.status, props.message = "FAILED", str(exc)
+                op.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
     # On resume the run keeps its capture and resolution; it trains on to the current quality's iterations.
     iterations, resolution, distill_iterations = _quality(props)
     mesh = _mesh_settings(props)
@@ -153,7 +161,8 @@ def _start(op: bpy.types.Operator, context: bpy.types.Context, resume: bool) -> 
     mesh_only = resume and mesh is not None and jobmod.run_needs_mesh_only(out)
     job = jobmod.TrainerJob(python, capture, out, iterations=iterations, resolution=resolution,
                             device=props.device, resume=resume, overwrite=props.overwrite, log_dir=_log_dir(),
-                            distill_iterations=distill_iterations, mesh=mesh, mesh_only=mesh_only)
+                            distill_iterations=distill_iterations, mesh=mesh, mesh_only=mesh_only,
+                            scene_render=scene_render)
     try:
         job.start()
     except jobmod.JobError as exc:
@@ -169,6 +178,45 @@ def _start(op: bpy.types.Operator, context: bpy.types.Context, resume: bool) -> 
         bpy.app.timers.register(poll_job, first_interval=POLL_INTERVAL_S, persistent=True)
     op.report({"INFO"}, ("Resuming" if resume else "Started") + f" the reconstruction into {out}")
     return {"FINISHED"}
+
+
+# Cycles samples of the scene-camera renders per quality (the trainer sees them at the preset's size).
+SCENE_SAMPLES = {"PREVIEW": 32, "STANDARD": 64, "HIGH": 128, "CUSTOM": 64}
+
+
+def _prepare_scene_capture(context: bpy.types.Context, props) -> tuple[str, list[str]]:
+    """For the Scene Cameras source: save a copy of the scene beside where its capture goes and return
+    (capture folder, argv of the process that renders it). Raises JobError with a message for the user."""
+    import shutil
+    import sys
+
+    cams = [o for o in context.scene.objects if o.type == "CAMERA" and o.data.type == "PERSP"]
+    if len(cams) < 2:
+        raise jobmod.JobError(f"The scene has {len(cams)} perspective camera(s): add cameras around the object "
+                              "(at least 2, better 30 or more) to reconstruct from them")
+    if not props.output_path():
+        raise jobmod.JobError("Choose an output folder")
+    dest = Path(props.scene_capture_path())
+    if dest.exists() and any(dest.iterdir()):
+        ours = (dest / "transforms.json").is_file() and '"prd_scene_capture": true' in (
+            dest / "transforms.json").read_text(encoding="utf-8", errors="replace")[:200]
+        if not (ours and props.overwrite):
+            raise jobmod.JobError(f"{dest} already exists: tick 'Replace Earlier Run' to render it again, or choose "
+                                  "another output folder" if ours else f"{dest} exists and is not a scene capture: "
+                                  "move it away or choose another output folder")
+        shutil.rmtree(dest)  # our own earlier capture, and the user asked to replace it
+    dest.mkdir(parents=True)
+    blend = dest / "scene.blend"
+    # A copy: the user's file (saved or not) stays as it is; relative texture paths are remapped.
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=True, check_existing=False, relative_remap=True)
+    script = str(Path(__file__).with_name("scene_render.py"))
+    iterations, resolution, _ = _quality(props)
+    opts = ["--samples", str(SCENE_SAMPLES.get(props.quality, 64)), "--max-size", str(resolution or 0)]
+    if bpy.app.binary_path:  # real Blender: its own executable, in the background
+        argv = [bpy.app.binary_path, "-b", str(blend), "--python", script, "--", str(dest), *opts]
+    else:  # Blender as a Python module: the same interpreter imports bpy
+        argv = [sys.executable, script, str(dest), "--blend", str(blend), *opts]
+    return str(dest / "transforms.json"), argv
 
 
 class PRD_OT_start(bpy.types.Operator):

@@ -51,6 +51,10 @@ class PRD_PT_reconstruct(bpy.types.Panel):
             props.source)
         if path_prop:
             col.prop(props, path_prop, text="Capture")
+        elif props.source == "SCENE":
+            _labels(col, "Every perspective camera is rendered with Cycles into "
+                         f"{Path(props.scene_capture_path()).name or '<output>_scene_capture'}, beside the output",
+                    context, icon="CAMERA_DATA")
         if problem := properties.source_problem(props.source):
             _labels(col.box(), problem, context, icon="ERROR")
         col.prop(props, "output_dir")

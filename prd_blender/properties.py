@@ -12,7 +12,8 @@ SOURCES = [
     ("TRANSFORMS", "transforms.json", "A NeRF / nerfstudio / instant-ngp transforms.json, or a folder holding one"),
     ("PHOTOS", "Photo Folder", "A folder of photos: the trainer finds the camera poses first (structure from "
                                "motion with COLMAP), then reconstructs"),
-    ("SCENE", "Scene Cameras", "The cameras and renders of the current scene (not supported yet)"),
+    ("SCENE", "Scene Cameras", "Render every camera of the current scene with Cycles (in the background), "
+                               "then reconstruct from those renders"),
 ]
 QUALITIES = [
     ("PREVIEW", "Preview", "256 px: 2,000 radiance-field iterations, 3 x 300 material iterations"),
@@ -64,8 +65,6 @@ def studio_light_items() -> list[tuple[str, str, str]]:
 
 def source_problem(source: str) -> str:
     """Why a capture source cannot be used yet ("" when it can); shown by poll() and the panel."""
-    if source == "SCENE":
-        return "Reconstructing from the scene's cameras is not supported yet: render a transforms.json capture"
     return ""
 
 
@@ -143,6 +142,12 @@ class PRD_PG_job(bpy.types.PropertyGroup):
         raw = {"COLMAP": self.colmap_path, "TRANSFORMS": self.transforms_path, "PHOTOS": self.photos_path}.get(
             self.source, "")
         return bpy.path.abspath(raw) if raw else ""
+
+    def scene_capture_path(self) -> str:
+        """Where the Scene Cameras source renders its capture: a sibling of the output folder (the output
+        folder itself must stay empty for the trainer)."""
+        out = self.output_path().rstrip("/\\")
+        return out + "_scene_capture" if out else ""
 
     def output_path(self) -> str:
         return bpy.path.abspath(self.output_dir) if self.output_dir else ""

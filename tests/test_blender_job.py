@@ -220,6 +220,60 @@ def test_cancel_without_signals_as_on_windows(scene, tmp_path, monkeypatch):
     assert not operators._job.stop_path.exists()  # removed once the job is over
 
 
+def test_scene_cameras_source_renders_then_trains(scene, tmp_path):
+    """Scene Cameras: the scene's cameras are rendered with Cycles in a background bpy process into a
+    transforms.json capture beside the output folder, then the trainer runs on it."""
+    import math
+
+    from mathutils import Vector
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    enable_addon()
+    sc = bpy.context.scene
+    reset_props(sc)
+    bpy.ops.mesh.primitive_ico_sphere_add(radius=0.6, subdivisions=2)
+    mat = bpy.data.materials.new("orange")
+    mat.diffuse_color = (1.0, 0.4, 0.1, 1.0)
+    bpy.context.object.data.materials.append(mat)
+    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
+    sc.collection.objects.link(sun)
+    cams = []
+    for i in range(8):
+        a = 2 * math.pi * i / 8
+        cam = bpy.data.objects.new(f"cam{i}", bpy.data.cameras.new(f"cam{i}"))
+        cam.location = (3 * math.cos(a), 3 * math.sin(a), 1.0 + 0.3 * (i % 2))
+        cam.rotation_euler = (-cam.location).to_track_quat("-Z", "Y").to_euler()
+        cam.data.shift_x = 0.05  # an off-centre principal point survives the trip
+        sc.collection.objects.link(cam)
+        cams.append(cam)
+    sc.render.resolution_x, sc.render.resolution_y, sc.render.resolution_percentage = 40, 32, 100
+    bpy.context.view_layer.update()
+    sc.prd.source = "SCENE"
+    out = tmp_path / "scene run"
+    _start(sc, SAMPLE, out, iterations=10, resolution=40)  # the transforms path is ignored for this source
+    assert operators._job.state.phase == "scene"
+    drive(operators.poll_job, 300)
+    assert sc.prd.status == "DONE", sc.prd.message
+    capture = tmp_path / "scene run_scene_capture"
+    tf = json.loads((capture / "transforms.json").read_text(encoding="utf-8"))
+    assert len(tf["frames"]) == 8 and (capture / "scene.blend").is_file()
+    assert '"event": "scene_capture"' in Path(sc.prd.log_path).read_text(encoding="utf-8")
+    # The trainer's camera records reproduce the Blender cameras (pose and principal point).
+    recs = json.loads((out / "cameras.json").read_text(encoding="utf-8"))["cameras"]
+    assert len(recs) == 8
+    by_size = {(r["width"], r["height"]) for r in recs}
+    assert by_size == {(40, 32)}
+    for rec, cam in zip(sorted(recs, key=lambda r: r["name"]), cams, strict=True):
+        assert np.allclose(np.array(rec["cam_to_world_blender"]), np.array(cam.matrix_world), atol=1e-4)
+        assert rec["cx"] == pytest.approx(20 - 0.05 * 40, abs=1e-3)
+        assert rec["fx"] == pytest.approx(cam.data.lens / 36 * 40, rel=1e-4)
+    assert (Vector(recs[0]["cam_to_world_blender"][0][:3])).length == pytest.approx(1.0, abs=1e-5)
+    # Starting again would overwrite that capture: refused unless asked.
+    sc.prd.overwrite = False
+    with pytest.raises(RuntimeError, match="already"):
+        bpy.ops.prd.start()
+
+
 def test_corrupt_image_names_the_file(scene, tmp_path):
     cap = copy_capture(tmp_path / "capture ü é")
     (cap / "train" / "r_005.png").write_bytes(b"this is not a png")
@@ -255,11 +309,9 @@ def test_cuda_requested_without_cuda_is_a_clear_message(scene, tmp_path):
     assert "CUDA" in scene.prd.message and "Device: CPU" in scene.prd.message, scene.prd.message
 
 
-def test_unsupported_sources_explain_themselves(scene):
+def test_photo_folder_source(scene):
     from prd_blender.properties import source_problem
 
-    scene.prd.source = "SCENE"
-    assert not bpy.ops.prd.start.poll() and "not supported" in source_problem("SCENE")
     # A photo folder goes straight to `prd train PHOTOS` (which runs structure from motion first).
     scene.prd.source = "PHOTOS"
     assert bpy.ops.prd.start.poll() and source_problem("PHOTOS") == ""

@@ -183,7 +183,7 @@ def test_panel_and_preferences_draw(source, status):
     assert {"prd.start", "prd.resume", "prd.cancel", "prd.open_log", "prd.import_result", "prd.relight_world",
             "prd.relight_render", "prd.recovered_world", "prd.export_glb"} <= ops
     if source == "SCENE":
-        assert "supported" in labels
+        assert "rendered with Cycles" in labels
     if status == "RUNNING":
         assert "Iteration 3/" in labels and "PSNR" in labels and "Time left" in labels
     drawn.clear()
