@@ -139,7 +139,8 @@ def run_poses(
                       pairs=len(photos) * (len(photos) - 1) // 2 if matcher == "exhaustive" else None)
         _match(pycolmap, db_path, matcher, cfg, threads)
         db = pycolmap.Database.open(db_path)
-        verified = db.num_verified_image_pairs()
+        # pairs whose matches survived geometric verification (num_verified_image_pairs counts every pair tried)
+        verified = sum(len(g.inlier_matches) > 0 for g in db.read_two_view_geometries()[1])
         db.close()
         timings["matching"] = time.time() - t
         progress.emit("poses", step="matched", verified_pairs=verified, seconds=round(timings["matching"], 1))
