@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite or capture != args.capture,
                 max_seconds=args.max_seconds, stop_at=args.stop_at, distill=distill, quiet=args.quiet,
             )
+            if capture != args.capture:  # the run replaced the manifest that named the poses: name them again
+                from .outputs import update_manifest
+
+                update_manifest(args.out, files={"poses": "sfm/sfm.json"})
         elif args.command == "poses":
             from .sfm.run import PosesConfig, run_poses
 
