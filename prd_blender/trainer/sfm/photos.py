@@ -160,8 +160,8 @@ def normalise_photos(photos: list[Photo], dest: Path, sift_dest: Path | None) ->
                 _save(upright, target)
             else:
                 upright = im
-            if sift_dest is not None:
-                _save(_over_white(upright), sift_dest / ph.name)
+            if sift_dest is not None:  # temporary files: fast compression beats small ones
+                _save(_over_white(upright), sift_dest / ph.name, compress_level=1)
 
 
 def _over_white(im: Image.Image) -> Image.Image:
@@ -173,11 +173,11 @@ def _over_white(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _save(im: Image.Image, path: Path) -> None:
+def _save(im: Image.Image, path: Path, compress_level: int = 6) -> None:
     if path.suffix.lower() in (".jpg", ".jpeg"):
         # re-encoding only happens for rotated JPEGs; 95 keeps the second generation loss invisible
         im.convert("RGB").save(path, quality=95, subsampling=0)
     else:
         if im.mode not in ("RGB", "RGBA", "L", "LA", "I;16", "I"):
             im = im.convert("RGBA" if im.mode in _ALPHA_MODES or "transparency" in im.info else "RGB")
-        im.save(path)
+        im.save(path, compress_level=compress_level) if path.suffix.lower() == ".png" else im.save(path)
