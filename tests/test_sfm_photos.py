@@ -18,7 +18,7 @@ from prd_blender.trainer.sfm.run import run_poses
 
 def photo(path: Path, size=(24, 16), mode="RGB", exif: Image.Exif | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(path.name))
+    rng = np.random.default_rng(sum(path.name.encode()))  # different pixels per file name
     arr = rng.integers(0, 255, (size[1], size[0], len(mode)), dtype=np.uint8)
     im = Image.fromarray(arr, mode)
     kwargs = {"exif": exif} if exif is not None else {}
@@ -164,3 +164,14 @@ def test_cli_exit_code_and_message(tmp_path, capsys):
     assert "at least 3 photos" in err
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "at least 3 photos" in manifest["error"]
+
+
+def test_unmatchable_photos_fail_clearly(tmp_path):
+    pytest.importorskip("pycolmap")
+    d = tmp_path / "photos"
+    for i in range(4):  # independent noise: features everywhere, nothing in common
+        photo(d / f"n{i}.png", size=(96, 96))
+    with pytest.raises(CaptureError, match="No reconstruction.*only 96x96 pixels"):
+        run_poses(d, tmp_path / "out", quiet=True)
+    events = [json.loads(x) for x in (tmp_path / "out" / "progress.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "error" and "No reconstruction" in events[-1]["message"]

@@ -105,6 +105,9 @@ def run_poses(
     """
     import pycolmap  # heavy, and only this command needs it
 
+    # COLMAP's per-image INFO lines would bury the JSON events and real warnings in the job log
+    if not os.environ.get("PRD_COLMAP_VERBOSE"):
+        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
     cfg = config or PosesConfig()
     cfg.check()
     photo_dir, out = Path(photo_dir).expanduser(), Path(out)
@@ -156,7 +159,7 @@ def run_poses(
         if len(registered) < need:
             raise CaptureError(
                 f"{photo_dir}: only {len(registered)} of {len(photos)} photos could be posed (need {need}). "
-                f"Not registered: {_names(missing)}. {_advice(others)}"
+                f"Not registered: {_names(missing)}. {_advice(others, (w, h))}"
             )
         if missing:
             progress.emit("poses", step="unregistered", count=len(missing), names=missing,
@@ -195,12 +198,15 @@ def _names(names: list[str], n: int = 12) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def _advice(others: list[list[str]]) -> str:
+def _advice(others: list[list[str]], size: tuple[int, int] | None = None) -> str:
+    small = ""
+    if size is not None and max(size) < 500:
+        small = f" These photos are only {size[0]}x{size[1]} pixels: SIFT finds few features in small images."
     if others:
         return (f"The photos fall into {len(others) + 1} groups that share no features with each other: add "
-                "photos that bridge them (more overlap between neighbouring shots).")
+                "photos that bridge them (more overlap between neighbouring shots)." + small)
     return ("Photos need to overlap (each part of the object seen in 3+ photos from angles 10-20 degrees apart), "
-            "be sharp, and show texture; plain, shiny or transparent objects give too few features.")
+            "be sharp, and show texture; plain, shiny or transparent objects give too few features." + small)
 
 
 def _extract(pycolmap, db_path: Path, image_dir: Path, photos: list[Photo], cfg: PosesConfig, threads: int,
@@ -278,7 +284,7 @@ def _map(pycolmap, db_path: Path, image_dir: Path, sparse: Path, photos: list[Ph
     if not models:
         raise CaptureError(
             f"No reconstruction: no pair of photos could start one ({verified} photo pairs matched). "
-            + _advice([])
+            + _advice([], (photos[0].width, photos[0].height))
         )
     ordered = sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
     others = [sorted(r.image(i).name for i in r.reg_image_ids()) for r in ordered[1:]]
