@@ -289,7 +289,7 @@ class PRD_OT_cancel(bpy.types.Operator):
         if kill:
             self.report({"WARNING"}, "Killing the trainer")
         else:
-            self.report({"INFO"}, "Cancelling: saving a checkpoint")
+            self.report({"INFO"}, _job.state.message)  # "Cancelling: writing a checkpoint" / "... the mesh step"
         return {"FINISHED"}
 
 
