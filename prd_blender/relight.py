@@ -78,32 +78,95 @@ def default_render_path(props, hdri: Path) -> Path:
     return Path(bpy.path.abspath(base)) / "relight" / f"{hdri.stem}_{round(math.degrees(props.light_rotation))}deg.png"
 
 
-def render_still(scene: bpy.types.Scene, filepath: str | Path, samples: int = 64) -> Path:
-    """Render ``scene`` from its camera with Cycles and save a PNG at ``filepath`` (or a numbered name
-    beside it when taken). Blocking, like F12 with "Render Result" kept; the scene's render engine, samples
-    and output format are restored afterwards so the user's settings are not changed by a preview."""
-    if scene.camera is None:
-        raise RelightError("The scene has no camera: import a result (its cameras) or add a camera")
-    path = unique_path(filepath)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    r = scene.render
-    fmt = r.image_settings
-    saved = (r.engine, scene.cycles.samples, fmt.file_format, fmt.color_mode, fmt.color_depth)
-    try:
+class StillRender:
+    """One relit still: switches the scene to Cycles with the given samples and PNG output, and on
+    ``finish`` saves "Render Result" to a free file name and gives the user's settings back.
+
+    Used both ways a still is rendered: blocking (``render_still``; headless, scripts, tests) and as
+    Blender's render job (the operator's invoke: progress in the render window, Esc cancels, the UI keeps
+    running), where ``finish`` / ``abort`` run from the render_complete / render_cancel handlers.
+    """
+
+    def __init__(self, scene: bpy.types.Scene, filepath: str | Path, samples: int = 64):
+        if scene.camera is None:
+            raise RelightError("The scene has no camera: import a result (its cameras) or add a camera")
+        self.scene_name = scene.name
+        self.path = unique_path(filepath)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        r = scene.render
+        fmt = r.image_settings
+        self._saved = (r.engine, scene.cycles.samples, fmt.file_format, fmt.color_mode, fmt.color_depth)
         r.engine = "CYCLES"
         scene.cycles.samples = int(samples)
         fmt.file_format = "PNG"
         fmt.color_mode = "RGBA" if r.film_transparent else "RGB"
         fmt.color_depth = "8"
+
+    def restore(self) -> None:
+        scene = bpy.data.scenes.get(self.scene_name)
+        if scene is None:
+            return
+        r, fmt = scene.render, scene.render.image_settings
+        r.engine, scene.cycles.samples = self._saved[0], self._saved[1]
+        fmt.file_format, fmt.color_mode, fmt.color_depth = self._saved[2], self._saved[3], self._saved[4]
+
+    def finish(self) -> Path:
+        """Save the finished render, restore the settings; returns the file written."""
+        try:
+            result = bpy.data.images.get("Render Result")
+            if result is None:
+                raise RelightError("Cycles produced no image (see the console)")
+            scene = bpy.data.scenes.get(self.scene_name)
+            result.save_render(str(self.path), scene=scene)
+            if hasattr(scene, "prd"):
+                scene.prd.last_render = str(self.path)
+        finally:
+            self.restore()
+        return self.path
+
+
+def render_still(scene: bpy.types.Scene, filepath: str | Path, samples: int = 64) -> Path:
+    """Render ``scene`` from its camera with Cycles and save a PNG at ``filepath`` (or a numbered name
+    beside it when taken). Blocking, like F12 waiting for the result; the scene's render engine, samples
+    and output format are restored afterwards so the user's settings are not changed by a preview."""
+    job = StillRender(scene, filepath, samples)
+    try:
         bpy.ops.render.render(write_still=False, scene=scene.name)
-        result = bpy.data.images.get("Render Result")
-        if result is None:
-            raise RelightError("Cycles produced no image (see the console)")
-        result.save_render(str(path), scene=scene)
-    finally:
-        r.engine, scene.cycles.samples = saved[0], saved[1]
-        fmt.file_format, fmt.color_mode, fmt.color_depth = saved[2], saved[3], saved[4]
-    return path
+    except BaseException:
+        job.restore()
+        raise
+    return job.finish()
+
+
+# The still being rendered by Blender's render job (one at a time, like F12), and its handlers.
+_pending: StillRender | None = None
+
+
+def _clear_handlers() -> None:
+    for handlers, fn in ((bpy.app.handlers.render_complete, _on_render_complete),
+                         (bpy.app.handlers.render_cancel, _on_render_cancel)):
+        while fn in handlers:
+            handlers.remove(fn)
+
+
+def _on_render_complete(*_args) -> None:
+    global _pending
+    job, _pending = _pending, None
+    _clear_handlers()
+    if job is not None:
+        try:
+            path = job.finish()
+            print(f"prd: relit still saved to {path}")
+        except (RelightError, RuntimeError) as exc:
+            print(f"prd: relit still not saved: {exc}")
+
+
+def _on_render_cancel(*_args) -> None:
+    global _pending
+    job, _pending = _pending, None
+    _clear_handlers()
+    if job is not None:
+        job.restore()
 
 
 class PRD_OT_relight_world(bpy.types.Operator):
@@ -158,12 +221,39 @@ class PRD_OT_relight_render(bpy.types.Operator):
                 hdri = chosen_hdri(props)
                 set_world(scene, hdri, props.light_rotation, props.light_strength)
             path = Path(bpy.path.abspath(self.filepath)) if self.filepath else default_render_path(props, hdri)
+            if self._use_render_job:
+                return self._start_render_job(scene, path, self.samples or props.render_samples)
             written = render_still(scene, path, self.samples or props.render_samples)
         except RelightError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         props.last_render = str(written)
         self.report({"INFO"}, f"Rendered {written}" + ("" if written == path else f" ({path.name} exists)"))
+        return {"FINISHED"}
+
+    _use_render_job = False
+
+    def invoke(self, context: bpy.types.Context, event) -> set[str]:
+        # From the UI: Blender's render job (render window with progress, Esc cancels, UI stays live).
+        # Headless there is no window to run it in, so the blocking path is used.
+        self._use_render_job = not bpy.app.background and context.window is not None
+        return self.execute(context)
+
+    def _start_render_job(self, scene: bpy.types.Scene, path: Path, samples: int) -> set[str]:
+        global _pending
+        if _pending is not None or bpy.app.is_job_running("RENDER"):
+            self.report({"ERROR"}, "A render is already running")
+            return {"CANCELLED"}
+        job = StillRender(scene, path, samples)
+        _pending = job
+        bpy.app.handlers.render_complete.append(_on_render_complete)
+        bpy.app.handlers.render_cancel.append(_on_render_cancel)
+        result = bpy.ops.render.render("INVOKE_DEFAULT", write_still=False)
+        if "RUNNING_MODAL" not in result and "FINISHED" not in result:
+            _on_render_cancel()
+            self.report({"ERROR"}, "Blender did not start the render")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Rendering; the still will be saved to {job.path}")
         return {"FINISHED"}
 
 
@@ -189,3 +279,11 @@ class PRD_OT_recovered_world(bpy.types.Operator):
 
 
 CLASSES = (PRD_OT_relight_world, PRD_OT_relight_render, PRD_OT_recovered_world)
+
+
+def unregister() -> None:
+    global _pending
+    if _pending is not None:
+        _pending.restore()
+        _pending = None
+    _clear_handlers()

@@ -199,6 +199,27 @@ def test_relight_bundled_and_file_hdri_render_and_switch_back(scene, run_dir, tm
 
     assert bpy.ops.prd.recovered_world() == {"FINISHED"} and scene.world == recovered
 
+    # The render-job path of the UI (invoke): Blender calls the render_complete handler, which saves the
+    # still and restores the settings; render_cancel only restores them. (Headless bpy has no window for
+    # the job itself; a blocking render fires the same handlers.)
+    from prd_blender import relight
+
+    def arm(name: str) -> None:
+        relight._pending = relight.StillRender(scene, tmp_path / name, 2)
+        bpy.app.handlers.render_complete.append(relight._on_render_complete)
+        bpy.app.handlers.render_cancel.append(relight._on_render_cancel)
+        assert scene.render.engine == "CYCLES"
+
+    arm("job.png")
+    bpy.ops.render.render()
+    assert (tmp_path / "job.png").is_file() and props.last_render == str(tmp_path / "job.png")
+    arm("cancelled.png")
+    relight._on_render_cancel(scene)
+    assert not (tmp_path / "cancelled.png").exists()
+    assert scene.render.engine == "BLENDER_EEVEE" and relight._pending is None
+    assert relight._on_render_complete not in bpy.app.handlers.render_complete
+    assert relight._on_render_cancel not in bpy.app.handlers.render_cancel
+
     props.hdri_path = str(tmp_path / "missing.hdr")
     with pytest.raises(RuntimeError, match="HDRI not found"):
         bpy.ops.prd.relight_render()
