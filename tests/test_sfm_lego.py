@@ -11,8 +11,10 @@ from PIL import Image
 
 from prd_blender.trainer.capture import load_capture
 from prd_blender.trainer.capture.transforms import gl_cam_to_world_to_cv_world_to_cam
+from prd_blender.trainer.pipeline import run_train
+from prd_blender.trainer.sfm import poses_for_training
 from prd_blender.trainer.sfm.align import pose_errors
-from prd_blender.trainer.sfm.run import PosesConfig, run_poses
+from prd_blender.trainer.sfm.run import PosesConfig
 
 LEGO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lego"
 N_VIEWS, SIZE = 24, 320
@@ -38,9 +40,16 @@ def test_poses_of_lego_subset_match_the_truth(tmp_path):
             im.resize((SIZE, SIZE), Image.BOX).save(photos / name)
         truth[name] = gl_cam_to_world_to_cv_world_to_cam(np.array(meta["frames"][i]["transform_matrix"]))
 
-    out = tmp_path / "poses"
-    # lego is rendered with a perfect pinhole: estimating only the focal length keeps this small set stable
-    rec = run_poses(photos, out, PosesConfig(camera_model="SIMPLE_PINHOLE"), quiet=True)
+    # through prd train's own first step (the CLI's path minus argument parsing); lego is rendered with a
+    # perfect pinhole, and estimating only the focal length keeps this small set stable (SIMPLE_RADIAL
+    # invents k1 = -0.1 on it)
+    run = tmp_path / "run"
+    cfg = PosesConfig(camera_model="SIMPLE_PINHOLE")
+    out = poses_for_training(photos, run, overwrite=False, quiet=True, config=cfg)
+    assert out == run / "sfm"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "running" and manifest["stage"] == 0 and manifest["files"]["poses"] == "sfm/sfm.json"
+    rec = json.loads((out / "sfm.json").read_text())
     # a few views at the edge of this subset overlap too little with the rest (they form their own small
     # model): they must be reported by name and moved aside, and everything else posed
     assert rec["registered"] >= 18 and rec["registered"] + len(rec["unregistered"]) == N_VIEWS
@@ -75,3 +84,7 @@ def test_poses_of_lego_subset_match_the_truth(tmp_path):
     back = np.array(rec["normalization"]["colmap_from_normalized"]) @ np.array(
         rec["normalization"]["normalized_from_colmap"])
     assert np.allclose(back, np.eye(4), atol=1e-9)
+
+    # and the run folder trains on the poses (tiny settings: this checks the hand-over, not quality)
+    done = run_train(out, run, iterations=5, resolution=32, overwrite=True, quiet=True)
+    assert done["status"] == "complete" and done["capture"] == str(out.resolve())
