@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .photos import HEIC_EXTENSIONS, PHOTO_EXTENSIONS, RAW_EXTENSIONS
+
+if TYPE_CHECKING:
+    from .run import PosesConfig
 
 __all__ = ["is_photo_folder", "poses_for_training"]
 
@@ -31,7 +35,9 @@ def is_photo_folder(path: str | Path) -> bool:
     return any(q.is_file() and q.suffix.lower() in exts for q in p.iterdir())
 
 
-def poses_for_training(capture: str | Path, out: Path, *, overwrite: bool, quiet: bool, config=None) -> Path:
+def poses_for_training(
+    capture: str | Path, out: Path, *, overwrite: bool, quiet: bool, config: PosesConfig | None = None
+) -> Path:
     """What ``prd train`` should load: ``capture`` itself, or for a photo folder the poses computed into
     ``out/sfm`` first (the run folder is claimed before, so a bad ``--out`` fails before minutes of SfM).
 
