@@ -13,7 +13,7 @@ from prd_blender.trainer.capture import CaptureError, load_capture
 from prd_blender.trainer.cli import main
 from prd_blender.trainer.sfm import is_photo_folder
 from prd_blender.trainer.sfm.photos import normalise_photos, validate_photos
-from prd_blender.trainer.sfm.run import run_poses
+from prd_blender.trainer.sfm.run import PosesConfig, run_poses
 
 
 def photo(path: Path, size=(24, 16), mode="RGB", exif: Image.Exif | None = None) -> Path:
@@ -175,3 +175,12 @@ def test_unmatchable_photos_fail_clearly(tmp_path):
         run_poses(d, tmp_path / "out", quiet=True)
     events = [json.loads(x) for x in (tmp_path / "out" / "progress.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "error" and "No reconstruction" in events[-1]["message"]
+
+
+def test_spatial_matching_without_gps_is_refused(tmp_path):
+    pytest.importorskip("pycolmap")
+    d = tmp_path / "photos"
+    for i in range(3):
+        photo(d / f"g{i}.jpg", size=(64, 48))
+    with pytest.raises(CaptureError, match="Spatial matching needs GPS"):
+        run_poses(d, tmp_path / "out", PosesConfig(matcher="spatial"), quiet=True)

@@ -256,6 +256,14 @@ def _match(pycolmap, db_path: Path, matcher: str, cfg: PosesConfig, threads: int
         pycolmap.match_sequential(db_path, matching_options=opts, pairing_options=pairing,
                                   device=pycolmap.Device.cpu)
     else:  # spatial: needs GPS positions (pose priors) that the photos' EXIF provides
+        db = pycolmap.Database.open(db_path)
+        priors = db.num_pose_priors()
+        db.close()
+        if priors == 0:
+            raise CaptureError(
+                "Spatial matching needs GPS positions in the photos' EXIF, and none of them has one. Use "
+                "--matcher exhaustive (up to ~150 photos) or sequential (photos named in capture order)."
+            )
         pairing = pycolmap.SpatialPairingOptions()
         pairing.num_threads = threads
         pycolmap.match_spatial(db_path, matching_options=opts, pairing_options=pairing, device=pycolmap.Device.cpu)
