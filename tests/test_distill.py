@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -139,3 +140,23 @@ def test_normal_consistency_loss_trains(tmp_path):
     d.normal_weight = 0.1
     m = run_train(SAMPLE, tmp_path / "o", resolution=32, config=s1, distill=d, quiet=True)
     assert m["status"] == "complete"
+
+
+def test_metallic_restarts_at_stage3_value(tmp_path):
+    # With metallic's learning rate at 0, what comes out is exactly what stage 3 started from.
+    for start, expect in ((0.5, 0.5), (None, 1.0)):
+        s1, d = configs(3)
+        d.metallic_stage3, d.lr_metallic = start, 0.0
+        run_train(SAMPLE, tmp_path / str(start), resolution=32, config=s1, distill=d, quiet=True)
+        metal = Gaussians.load_ply(tmp_path / str(start) / "point_cloud.ply").pbr("metallic").detach()
+        assert torch.allclose(metal, torch.full_like(metal, expect), atol=1e-3), start
+
+
+def test_bench_overrides_parse_by_field_type():
+    from prd_blender.trainer.cli import parse_overrides
+
+    items = ["metallic_stage3=0.2", "stage2=40", "real_scene=true", "tonemap=aces", "metallic_stage3=none"]
+    got = parse_overrides(items)
+    assert got == {"metallic_stage3": None, "stage2": 40, "real_scene": True, "tonemap": "aces"}
+    with pytest.raises(SystemExit):
+        parse_overrides(["no_such_field=1"])

@@ -24,6 +24,32 @@ def _background(text: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``FIELD=VALUE`` strings -> DistillConfig overrides, each value parsed as the field's type."""
+    import dataclasses
+
+    from .train.distill import DistillConfig
+
+    fields = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"prd: error: --set expects FIELD=VALUE with a DistillConfig field, got {item!r}")
+        kind = str(fields[name].type)  # annotations are strings here, e.g. "float | None"
+        if text.lower() == "none" and "None" in kind:
+            out[name] = None
+        elif kind.startswith("bool"):
+            out[name] = text.lower() in ("1", "true", "yes")
+        elif kind.startswith("int"):
+            out[name] = int(text)
+        elif kind.startswith("float"):
+            out[name] = float(text)
+        else:
+            out[name] = text
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prd", description="Relightable Gaussian reconstruction (PRD) trainer.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -209,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = {k: v for k, v in (("normal_weight", args.normal_weight),
                                            ("visibility_resolution", args.visibility_resolution)) if v is not None}
+            overrides.update(parse_overrides(args.set))
             bench_relight(args.data, args.objects.split(","), args.variants.split(","), args.iterations,
-                          args.distill_iterations, args.hdri_dir, args.json, **overrides)
+                          args.distill_iterations, args.hdri_dir, args.json, args.stage1_cache, **overrides)
     except (CaptureError, OutputFolderError) as exc:
         print(f"prd: error: {exc}", file=sys.stderr)
         return 2

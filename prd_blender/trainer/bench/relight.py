@@ -21,6 +21,7 @@ from ..shading.envmap import EnvironmentLight
 from ..shading.hdr_io import read_image
 from ..shading.shade import linear_to_srgb
 from ..train.distill import DistillConfig, composite, shade_maps, train_distill
+from ..train.gaussians import Gaussians
 from ..train.losses import psnr as psnr_t
 from ..train.progress import Progress
 from ..train.render import Camera, render_pbr_maps
@@ -70,9 +71,13 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
 
 def bench_relight(
     data: Path, objects: list[str], variants: list[str], iterations: int, distill_iterations: int,
-    hdri_dir: Path, json_path: Path | None, **distill_overrides,
+    hdri_dir: Path, json_path: Path | None, stage1_cache: Path | None = None, **distill_overrides,
 ) -> dict:
-    """``distill_overrides``: DistillConfig fields (e.g. normal_weight, visibility_resolution) for every variant."""
+    """``distill_overrides``: DistillConfig fields (e.g. normal_weight, visibility_resolution) for every variant.
+
+    ``stage1_cache``: a folder where each object's stage-1 model is kept (keyed by object and iteration
+    count) and reused, so that experiments on stages 2-4 do not retrain stage 1.
+    """
     n = distill_iterations
     base = DistillConfig(stage2=n, stage3=n, stage4=n, **distill_overrides)
     results: dict = {
@@ -84,12 +89,10 @@ def bench_relight(
         train = load_capture(obj.train_transforms).views
         test = load_capture(obj.test_transforms).views
         prog = Progress(None, quiet=True)
-        t0 = time.time()
         s1 = Stage1Config(iterations=iterations)
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            model1, _ = train_stage1(train, s1, tmp, prog, "cpu", (1.0, 1.0, 1.0))
-            t_stage1 = time.time() - t0
+            model1, t_stage1 = _stage1(train, s1, tmp, prog, stage1_cache, name)
             per = {"stage1_seconds": round(t_stage1, 1), "variants": {}}
             for var in variants:
                 cfg = dataclasses.replace(base, variant=var)
@@ -113,6 +116,21 @@ def bench_relight(
     results["mean"] = means
     print(table(rows, HEADER))
     return record(json_path, results)
+
+
+def _stage1(train, s1: Stage1Config, tmp: Path, prog: Progress, cache: Path | None, name: str):
+    """Train stage 1, or load it from ``cache``; returns the model and the (original) training seconds."""
+    path = cache / f"{name}_stage1_{s1.iterations}.pt" if cache is not None else None
+    if path is not None and path.is_file():
+        state = torch.load(path, weights_only=False)
+        return Gaussians(state["params"]), state["seconds"]
+    t0 = time.time()
+    model1, _ = train_stage1(train, s1, tmp, prog, "cpu", (1.0, 1.0, 1.0))
+    secs = time.time() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"params": model1.state_dict(), "seconds": secs}, path)
+    return model1, secs
 
 
 HEADER = ["object", "variant", "NVS dB", "relight dB", "albedo dB", "normal deg", "rough MAE", "progress", "train s"]

@@ -59,6 +59,10 @@ class DistillConfig:
     visibility_resolution: int = 120  # DESIGN.md: ~120^3; 8 s for 100k Gaussians on 2 cores
     tonemap: str = "srgb"  # "srgb" for captures rendered with a Standard view transform, "aces" for photos
     real_scene: bool = False  # no mask: progress target 1 everywhere, light frozen in stage 4
+    # Metallic at the start of stage 3 (None: keep stage 2's 1). Stage 2 shades everything as metal, so
+    # its metallic value carries no evidence; starting from 1 (sigmoid logit 9) the freed parameter
+    # barely moves (run 1: MAE 0.73 on a dielectric). A neutral 0.5 puts it where the sigmoid is steepest.
+    metallic_stage3: float | None = 0.5
     propagate_every: int = 500  # 3DGS-DR normal propagation in stage 2 (0: off)
     propagate_hold: int = 100
     checkpoint_every: int = 500
@@ -163,6 +167,22 @@ def _set_stage_lrs(opt: dict, stage: int, cfg: DistillConfig, held: bool) -> Non
     opt["opacities"].param_groups[0]["lr"] = 0.0 if held else cfg.lr_opacities
 
 
+def _reset_param(model: Gaussians, opt: dict, name: str, value: float) -> None:
+    """Set a sigmoid-activated material channel to ``value`` everywhere and forget its Adam moments."""
+    with torch.no_grad():
+        model.params[name].fill_(math.log(value / (1 - value)))
+    _forget_moments(model, opt, (name,))
+
+
+def _forget_moments(model: Gaussians, opt: dict, names: tuple[str, ...]) -> None:
+    """Zero Adam's moments of parameters that were just edited, so stale momentum does not undo the edit."""
+    for k in names:
+        st = opt[k].state.get(model.params[k])
+        if st:
+            st["exp_avg"].zero_()
+            st["exp_avg_sq"].zero_()
+
+
 def _propagate_normals(model: Gaussians, opt: dict) -> None:
     """3DGS-DR's trick: raise opacity, enlarge reflective Gaussians' two larger axes, jitter the rest's colour.
 
@@ -179,11 +199,7 @@ def _propagate_normals(model: Gaussians, opt: dict) -> None:
         sc.add_(grow * reflective[:, None])
         dc = model.params["sh0"]
         dc.add_(torch.randn_like(dc) * 0.1 * (~reflective)[:, None, None])
-    for k in ("opacities", "scales", "sh0"):
-        st = opt[k].state.get(model.params[k])
-        if st:
-            st["exp_avg"].zero_()
-            st["exp_avg_sq"].zero_()
+    _forget_moments(model, opt, ("opacities", "scales", "sh0"))
 
 
 def train_distill(
@@ -250,6 +266,8 @@ def train_distill(
                     )
                 progress.emit("visibility", stage=3, iteration=offset + it, seconds=round(time.time() - t0, 1),
                               resolution=cfg.visibility_resolution)
+                if cfg.metallic_stage3 is not None:
+                    _reset_param(model, opt, "metallic", cfg.metallic_stage3)
             if stage == 2 and cfg.propagate_every and it % cfg.propagate_every == 0 and it < cfg.stage2:
                 _propagate_normals(model, opt)
                 hold_until = it + cfg.propagate_hold
