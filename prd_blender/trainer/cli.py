@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--hdri-dir", type=Path, default=Path("../shared/data/hdri"))
     brl.add_argument("--normal-weight", type=float, help="depth-normal consistency weight (default: the trainer's)")
     brl.add_argument("--visibility-resolution", type=int, help="visibility grid cells per side (default 120)")
+    brl.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="override a DistillConfig field for every variant (repeatable), e.g. metallic_stage3=0.1")
+    brl.add_argument("--stage1-cache", type=Path, help="keep/reuse each object's stage-1 model in this folder")
     brl.add_argument("--json", type=Path, default=Path("docs/benchmarks/relight.json"))
     bm = bsub.add_parser("mesh", help="baked mesh vs ground-truth geometry and albedo on the synthetic objects")
     bm.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser())
