@@ -83,7 +83,7 @@ class PRD_PT_reconstruct(bpy.types.Panel):
                      + (f": {props.message}" if props.message else ""), context, STATUS_ICONS.get(props.status, "NONE"))
         if props.status in ("RUNNING", "CANCELLING") or props.iteration:
             grid = box.grid_flow(row_major=True, columns=2, even_columns=True, align=True)
-            stage = "Mesh" if props.stage == 5 else f"Stage {props.stage}"
+            stage = {0: "Preparing", 5: "Mesh"}.get(props.stage, f"Stage {props.stage}")
             grid.label(text=stage + (f" ({props.backend.upper()})" if props.backend else ""))
             grid.label(text=f"Iteration {props.iteration}/{props.total_iterations}")
             grid.label(text=f"PSNR {props.psnr:.2f} dB")
