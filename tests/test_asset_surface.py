@@ -16,8 +16,22 @@ SMALL = {"grid": 64, "render": 96, "faces": 3000, "extra_views": 20}
 
 @pytest.fixture(scope="module")
 def sphere_mesh():
-    mesh, views, info = S.extract_surface(sphere_gaussians(radius=0.5), [], "preview", "cpu", **SMALL)
+    # the depth fusion alone: the disc centres lie on the sphere, so its radius is the known answer
+    mesh, views, info = S.extract_surface(sphere_gaussians(radius=0.5), [], "preview", "cpu", silhouette_fit=False,
+                                          **SMALL)
     return mesh, info
+
+
+def test_silhouette_fit_moves_the_surface_onto_the_coverage_silhouette(sphere_mesh):
+    # The discs' footprints reach past their centres, so the rendered silhouette (coverage 0.5) lies outside
+    # the fused sphere; the fit measures that gap and fuses again moved out by it.
+    plain, _ = sphere_mesh
+    mesh, _, info = S.extract_surface(sphere_gaussians(radius=0.5), [], "preview", "cpu", **SMALL)
+    off = info["depth_offset"]
+    assert off["pixels_before"] > 0.5 and abs(off["pixels_after"]) < 0.25
+    grown = np.linalg.norm(mesh.vertices, axis=1).mean() - np.linalg.norm(plain.vertices, axis=1).mean()
+    assert grown == pytest.approx(off["world"], abs=0.3 * info["voxel"])
+    assert info["watertight"]
 
 
 def test_sphere_radius_and_watertight(sphere_mesh):

@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--iterations", type=int, default=3000, help="stage-1 iterations when a run must be trained")
     bm.add_argument("--distill-iterations", type=int, default=1000)
     bm.add_argument("--resolution", type=int, default=128)
+    bm.add_argument("--hdri-dir", type=Path, default=Path("../shared/data/hdri"),
+                    help="the benchmark's HDRIs, for the Cycles renders of the GLB")
+    bm.add_argument("--cycles-views", type=int, default=20, help="test views Cycles renders per HDRI (0: none)")
+    bm.add_argument("--cycles-samples", type=int, default=32, help="Cycles samples per pixel (denoised)")
     bm.add_argument("--json", type=Path, default=Path("docs/benchmarks/mesh.json"))
     return p
 
@@ -219,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             from .asset.bench import bench_mesh
 
             bench_mesh(args.data, args.objects.split(","), args.runs, args.quality, args.texture_size,
-                       args.iterations, args.distill_iterations, args.resolution, args.json)
+                       args.iterations, args.distill_iterations, args.resolution, args.json, args.hdri_dir,
+                       args.cycles_views, args.cycles_samples)
         elif args.bench == "raster":
             from .bench.raster import bench_raster
 

@@ -5,57 +5,29 @@ directions, area-uniform surface samples, in % of the GT bounding-box diagonal),
 and the albedo texture rendered on the baked mesh from the test cameras vs the Cycles albedo pass (PSNR
 after a per-channel scale fit, like ``bench relight``), next to the same metric for the Gaussians' own
 splatted albedo so that the loss due to baking is visible.
+
+Then the deployable test: the GLB rendered by Cycles (through Blender's glTF importer, in a subprocess: see
+``render_cycles``) from the test cameras under the training HDRI and the relighting HDRIs, scored against the
+Cycles ground truth exactly like ``bench relight`` scores the Gaussians' I_phy (per-channel scale fitted in
+linear, PSNR in display space over the GT object mask), next to the Gaussians' I_phy under the same HDRI on the
+same views; the gap (Gaussians - mesh) is what baking to a mesh costs.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from numba import njit
 from PIL import Image
 
 from .gltf import read_ply_mesh
+from .surface import _raster_mesh
 
 # ------------------------------------------------------------------------------------ mesh rendering
-
-
-@njit(cache=True)
-def _raster_mesh(pix, z, uvs, faces, W, H, tri, bary, zbuf):  # pragma: no cover - numba
-    """Z-buffered triangles with perspective-correct barycentrics. pix (V, 2) pixel coords, z (V,) camera z."""
-    for f in range(faces.shape[0]):
-        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
-        if z[a] <= 1e-6 or z[b] <= 1e-6 or z[c] <= 1e-6:
-            continue
-        x0, y0, x1, y1, x2, y2 = pix[a, 0], pix[a, 1], pix[b, 0], pix[b, 1], pix[c, 0], pix[c, 1]
-        den = (y1 - y2) * (x0 - x2) + (x2 - x1) * (y0 - y2)
-        if abs(den) < 1e-12:
-            continue
-        xmin = max(int(np.floor(min(x0, x1, x2) - 0.5)), 0)
-        xmax = min(int(np.ceil(max(x0, x1, x2) - 0.5)), W - 1)
-        ymin = max(int(np.floor(min(y0, y1, y2) - 0.5)), 0)
-        ymax = min(int(np.ceil(max(y0, y1, y2) - 0.5)), H - 1)
-        for y in range(ymin, ymax + 1):
-            for x in range(xmin, xmax + 1):
-                px, py = x + 0.5, y + 0.5
-                l0 = ((y1 - y2) * (px - x2) + (x2 - x1) * (py - y2)) / den
-                l1 = ((y2 - y0) * (px - x2) + (x0 - x2) * (py - y2)) / den
-                l2 = 1.0 - l0 - l1
-                if l0 < 0 or l1 < 0 or l2 < 0:
-                    continue
-                # perspective-correct: interpolate 1/z linearly in screen space
-                w0, w1, w2 = l0 / z[a], l1 / z[b], l2 / z[c]
-                s = w0 + w1 + w2
-                depth = 1.0 / s
-                if depth < zbuf[y, x]:
-                    zbuf[y, x] = depth
-                    tri[y, x] = f
-                    bary[y, x, 0] = w0 / s
-                    bary[y, x, 1] = w1 / s
-                    bary[y, x, 2] = w2 / s
 
 
 def sample_bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
@@ -172,17 +144,140 @@ def _read_uv_ply(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return verts, faces, uv
 
 
+# ------------------------------------------------------------------------------------ Cycles vs Gaussians
+
+
+def lightings(obj, hdri_dir: Path) -> list[dict]:
+    """The training HDRI and the relighting HDRIs, with the strengths the ground truth was rendered with."""
+    infos = [obj.meta["hdri"], *obj.meta.get("relight_hdris", [])]
+    return [{"name": x["name"], "file": str(Path(hdri_dir).expanduser() / x["file"]),
+             "strength": float(x.get("strength", 1.0))} for x in infos]
+
+
+def relight_psnr(phy: np.ndarray, gt_linear: np.ndarray, gt_display: np.ndarray, mask: np.ndarray) -> float:
+    """``bench relight``'s protocol (``evaluate_object``): the light/albedo scale is ambiguous, so fit it per
+    channel in linear, then compare in display space (sRGB transfer of the clipped result) over the mask."""
+    from ..bench.relight_data import psnr, scale_fit
+    from ..shading.shade import linear_to_srgb
+
+    s = scale_fit(phy, gt_linear[..., :3], mask)
+    pred = linear_to_srgb(torch.from_numpy(np.clip(phy * s, 0, 1))).numpy()
+    return psnr(pred, gt_display[..., :3], mask)
+
+
+def _ground_truth(view, light_name: str, obj) -> tuple[np.ndarray, np.ndarray]:
+    """(linear, display) RGBA of a test view under one of the object's HDRIs."""
+    if light_name == obj.hdri:
+        return view.linear, view.image
+    return view.relit_linear[light_name], view.relit[light_name]
+
+
+@torch.no_grad()
+def gaussian_relight(run: Path, obj, test_views, lights: list[dict], frames: list[int]) -> dict[str, list[float]]:
+    """Per lighting, the PSNR of the Gaussians' I_phy (the trained run's own shading, lit by the HDRI as the
+    GT was) on the chosen test views."""
+    import dataclasses
+
+    from ..outputs import read_manifest
+    from ..shading.brdf_lut import get_brdf_lut
+    from ..shading.envmap import EnvironmentLight
+    from ..shading.hdr_io import read_image
+    from ..shading.visibility import VisibilityGrid
+    from ..train.distill import DistillConfig, shade_maps
+    from ..train.gaussians import Gaussians
+    from ..train.render import Camera, render_pbr_maps
+
+    files = read_manifest(run)["files"]
+    known = {f.name for f in dataclasses.fields(DistillConfig)}
+    # fields added to the trainer after the run was made keep their defaults; dropped ones are ignored
+    cfg = DistillConfig(**{k: v for k, v in json.loads((run / "run.json").read_text())["distill"].items()
+                           if k in known})
+    model = Gaussians.load_ply(run / files["gaussians"])
+    vis = VisibilityGrid.load(run / files["visibility"])
+    lut = get_brdf_lut()
+    envs = {x["name"]: EnvironmentLight(cfg.light_resolution, init=read_image(Path(x["file"])) * x["strength"])
+            for x in lights}
+    out: dict[str, list[float]] = {x["name"]: [] for x in lights}
+    for i in frames:
+        view, gt = test_views[i], obj.views[i]
+        maps = render_pbr_maps(model, Camera.from_view(view), cfg.sh_degree, "cpu")
+        mask = gt.mask > 0.5
+        for name, light in envs.items():
+            phy = shade_maps(maps, light, lut, vis, 4, cfg)["phy"].numpy()
+            lin, disp = _ground_truth(gt, name, obj)
+            out[name].append(relight_psnr(phy, lin, disp, mask))
+    return out
+
+
+def read_render(path: Path) -> np.ndarray:
+    """A Cycles RGBA EXR (premultiplied) -> straight linear RGBA, like the GT loader reads its EXRs."""
+    from ..bench.relight_data import _straight_rgba, read_exr_passes
+
+    chans = read_exr_passes(path)[""]
+    return _straight_rgba(np.stack([chans[c] for c in "RGBA"], -1))
+
+
+def cycles_fidelity(run: Path, obj, test_views, hdri_dir: Path, frames: list[int], size: int, samples: int) -> dict:
+    """Render ``mesh.glb`` with Cycles at the test ``frames`` under every HDRI of the object and score it against
+    the GT next to the Gaussians' I_phy. Renders are kept in ``run/bench_cycles/<hdri>/``."""
+    from ..outputs import read_manifest
+    from .render_cycles import render_glb
+
+    files = read_manifest(run)["files"]
+    lights = lightings(obj, hdri_dir)
+    dest = run / "bench_cycles"
+    info = render_glb(run / files["glb"], obj.test_transforms, frames, lights, dest, size=size, samples=samples)
+    gauss = gaussian_relight(run, obj, test_views, lights, frames)
+    res: dict = {"views": len(frames), "size": size, "samples": samples, "blender": info["blender"],
+                 "render_seconds": info["total_s"], "hdris": {}}
+    for x in lights:
+        mesh = []
+        for i in frames:
+            gt = obj.views[i]
+            img = read_render(dest / x["name"] / f"{gt.name}.exr")
+            if img.shape[:2] != gt.mask.shape:
+                raise ValueError(f"Cycles render {img.shape[:2]} does not match the GT size {gt.mask.shape}")
+            lin, disp = _ground_truth(gt, x["name"], obj)
+            mesh.append(relight_psnr(img[..., :3], lin, disp, gt.mask > 0.5))
+        m, g = float(np.mean(mesh)), float(np.mean(gauss[x["name"]]))
+        res["hdris"][x["name"]] = {"training": x["name"] == obj.hdri, "mesh_psnr": m, "gaussian_psnr": g,
+                                   "gap_db": g - m, "mesh_psnr_views": mesh, "gaussian_psnr_views": gauss[x["name"]]}
+    return res
+
+
+# ------------------------------------------------------------------------------------ the benchmark
+
+
 def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture_size: int, iterations: int,
-               distill_iterations: int, resolution: int, json_path: Path | None) -> dict:
+               distill_iterations: int, resolution: int, json_path: Path | None, hdri_dir: Path | None = None,
+               cycles_views: int = 20, cycles_samples: int = 32, cycles_size: int = 128) -> dict:
     """Bake and measure each object. ``runs/<object>`` is used when it holds a finished run; otherwise a run
-    is trained there first with the given iteration counts and resolution."""
+    is trained there first with the given iteration counts and resolution.
+
+    ``hdri_dir``: where the benchmark's HDRIs are; None skips the Cycles renders. ``cycles_views``: how many
+    test views (evenly spaced) Cycles renders per HDRI (0: none).
+    """
+    from ..bench.common import table
     from ..bench.relight_data import load_relight_object
     from ..capture import load_capture
     from ..outputs import read_manifest
     from .bake import bake_asset
+    from .render_cycles import CyclesUnavailable, renderer_command
     from .surface import edge_report
 
+    cycles_skip = None
+    if hdri_dir is None or cycles_views <= 0:
+        cycles_skip = "not asked for (no --hdri-dir or --cycles-views 0)"
+    else:
+        try:
+            renderer_command()
+        except CyclesUnavailable as exc:  # measure the rest; say loudly what is missing
+            cycles_skip = str(exc)
+            print(f"prd bench mesh: skipping the Cycles renders: {exc}", file=sys.stderr, flush=True)
     results: dict = {"quality": quality, "texture_size": texture_size, "objects": {}}
+    if cycles_skip:
+        results["cycles_skipped"] = cycles_skip
+    rows = []
     for name in objects:
         obj = load_relight_object(data / name)
         run = runs / name
@@ -195,21 +290,51 @@ def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture
             n = distill_iterations
             run_train(obj.train_transforms, run, iterations=iterations, resolution=resolution,
                       distill=DistillConfig(stage2=n, stage3=n, stage4=n), quiet=True, overwrite=True)
-        train_s = time.time() - t0
+        train_s = time.time() - t0 if not done else read_manifest(run)["result"]["seconds"]
+        run_cfg = json.loads((run / "run.json").read_text())
         summary = bake_asset(run, quality=quality, texture_size=texture_size)
         verts, faces, _ = _read_uv_ply(run / summary["files"]["mesh"])
         gt = read_ply_mesh(obj.mesh)
         # UV seams split vertices; weld by position to judge the surface's topology
         _, weld = np.unique(verts.round(9), axis=0, return_inverse=True)
         res = {
+            "run": {"resolution": run_cfg["resolution"], "iterations": run_cfg["config"]["iterations"],
+                    "distill_iterations": run_cfg["distill"]["stage2"]},
             **chamfer((verts, faces), gt), **edge_report(weld.reshape(-1)[faces]),
             "faces": int(len(faces)), "train_seconds": round(train_s, 1), "bake_seconds": summary["seconds"],
         }
+        test_views = load_capture(obj.test_transforms).views
         # at the benchmark's full size, where the GT albedo passes are
-        res.update(texture_fidelity(run, obj, load_capture(obj.test_transforms).views))
+        res.update(texture_fidelity(run, obj, test_views))
+        if not cycles_skip:
+            k = min(cycles_views, len(obj.views))
+            frames = sorted({int(round(x)) for x in np.linspace(0, len(obj.views) - 1, k)})
+            res["cycles"] = cycles_fidelity(run, obj, test_views, hdri_dir, frames, cycles_size, cycles_samples)
         results["objects"][name] = res
         print(json.dumps({"event": "bench_mesh", "object": name, **res}), flush=True)
+        rows += table_rows(name, res)
+    print(table(rows, HEADER))
     from ..bench.common import record
 
     return record(json_path, results)  # adds the command, the machine and the date
 
+
+HEADER = ["object", "chamfer %", "watertight", "faces", "train s", "bake s", "albedo dB mesh/GS", "HDRI",
+          "Cycles mesh dB", "GS I_phy dB", "gap dB"]
+
+
+def table_rows(name: str, r: dict) -> list[list]:
+    """One row per HDRI (the geometry columns on the first)."""
+    bake_s = sum(r["bake_seconds"].values())
+    first = [name, f"{r['chamfer_pct']:.2f}", "yes" if r["watertight"] else f"no ({r['boundary_edges']} open)",
+             r["faces"], f"{r['train_seconds']:.0f}", f"{bake_s:.0f}",
+             f"{r['albedo_psnr_baked']:.2f} / {r['albedo_psnr_gaussians']:.2f}"]
+    hd = r.get("cycles", {}).get("hdris", {})
+    if not hd:
+        return [first + ["-", "-", "-", "-"]]
+    rows = []
+    for i, (h, v) in enumerate(hd.items()):
+        lead = first if i == 0 else [""] * len(first)
+        label = h + (" (train)" if v["training"] else "")
+        rows.append(lead + [label, f"{v['mesh_psnr']:.2f}", f"{v['gaussian_psnr']:.2f}", f"{v['gap_db']:+.2f}"])
+    return rows

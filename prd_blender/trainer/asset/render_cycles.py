@@ -1,0 +1,70 @@
+"""Launch Cycles on a baked asset from the trainer, which never imports ``bpy`` itself.
+
+Why a subprocess: the trainer's environment need not have Blender, and Blender's bundled libraries (OIDN,
+TBB, OpenEXR) must not share a process with torch. The renderer is ``cycles_script.py`` next to this file,
+run by the first of: this Python if it can import ``bpy`` (checked without importing it), the Python named
+by ``$PRD_BPY_PYTHON``, or a ``blender`` executable (``$PRD_BLENDER`` or on the PATH).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SCRIPT = Path(__file__).with_name("cycles_script.py")
+
+
+class CyclesUnavailable(RuntimeError):
+    """No Blender to render with (neither the ``bpy`` module nor a ``blender`` binary)."""
+
+
+def renderer_command() -> list[str]:
+    """The command prefix that runs ``cycles_script.py`` with a job file appended."""
+    if importlib.util.find_spec("bpy") is not None:
+        return [sys.executable, str(SCRIPT)]
+    env_py = os.environ.get("PRD_BPY_PYTHON")
+    if env_py:
+        return [env_py, str(SCRIPT)]
+    blender = os.environ.get("PRD_BLENDER") or shutil.which("blender")
+    if blender:
+        return [blender, "-b", "--factory-startup", "--python-exit-code", "1", "--python", str(SCRIPT), "--"]
+    raise CyclesUnavailable(
+        "Cycles rendering needs Blender: the 'bpy' module is not installed in this Python "
+        f"({sys.executable}; pip install bpy==5.0.1), PRD_BPY_PYTHON is not set and no 'blender' is on the PATH "
+        "(or set PRD_BLENDER)"
+    )
+
+
+def render_glb(glb: Path, transforms: Path, frames: list[int], lightings: list[dict], dest: Path, size: int = 128,
+               samples: int = 32, seed: int = 0, timeout: float = 3600.0) -> dict:
+    """Render ``glb`` at the ``frames`` of ``transforms`` under each lighting ``{name, file, strength}``.
+
+    Returns the renderer's summary (timings, Blender version); images land in ``dest/<name>/<frame>.exr``.
+    """
+    glb = Path(glb)
+    if not glb.is_file():
+        raise FileNotFoundError(f"no GLB to render: {glb} (run prd mesh first)")
+    for light in lightings:
+        if not Path(light["file"]).is_file():
+            raise FileNotFoundError(f"HDRI not found: {light['file']}")
+    cmd = renderer_command()
+    dest.mkdir(parents=True, exist_ok=True)
+    job = {"glb": str(glb.resolve()), "transforms": str(Path(transforms).resolve()), "frames": list(frames),
+           "lightings": [{**x, "file": str(Path(x["file"]).resolve())} for x in lightings],
+           "dest": str(dest.resolve()), "size": size, "samples": samples, "seed": seed}
+    with tempfile.TemporaryDirectory(prefix="prd_cycles_") as tmp:
+        job_file = Path(tmp) / "job.json"
+        job_file.write_text(json.dumps(job))
+        # Blender must not read or write the user's ~/.config/blender (preferences would change the render)
+        env = {**os.environ, "BLENDER_USER_RESOURCES": str(Path(tmp) / "blender_user")}
+        proc = subprocess.run([*cmd, str(job_file)], capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"Cycles render failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return json.loads((dest / "render.json").read_text())
