@@ -9,7 +9,7 @@ Writes into ``--dest`` (each kept small, well under 150 KB):
   physical render);
 - ``relit_<hdri>.jpg``: the imported mesh + material relit under each HDRI and rendered by Cycles from
   held-out cameras, through the extension's own code (import_result, relight.set_world, relight.render_still);
-- ``environment.png``: the recovered environment map, tone-mapped;
+- ``environment.jpg``: the recovered environment map, tone-mapped;
 - ``pictures.json``: the run's settings and the render settings, so the README can say what made them.
 
 Needs ``bpy`` (Blender as a Python module) for the relit renders; the rest uses numpy, PIL and OpenEXR.
@@ -106,9 +106,9 @@ def tonemap(hdr: np.ndarray) -> np.ndarray:
 
 def environment_png(run: Path, dest: Path) -> Path:
     img = Image.fromarray(tonemap(_read_exr(run / "environment.exr")))
-    path = dest / "environment.png"
+    path = dest / "environment.jpg"  # noisy HDR detail compresses badly as PNG (~180 KB)
     _label(img.resize((512, 256), Image.LANCZOS), "recovered environment (equirectangular, Z up, +X centre)").save(
-        path, optimize=True)
+        path, quality=88)
     return path
 
 
