@@ -10,3 +10,4 @@ ARGS=(--out "$OUT" --hold-out 8 --iterations "${PRD_ITERATIONS:-3000}" --distill
 # The deployable asset: mesh, PBR textures and a .glb beside the Gaussians.
 .venv/bin/prd mesh "$OUT" --quality preview --texture-size 512
 echo "Results in $OUT (manifest.json names every file; mesh.glb is the asset)."
+echo "README pictures from it: .venv/bin/python scripts/make_readme_pictures.py $OUT (needs the bpy module)"
