@@ -121,3 +121,30 @@ def test_visibility_blob_occludes_towards_it():
     assert 0.8 < mean_v < 0.97, mean_v  # the blob edge is blurred by its Gaussians and the cells
     # Far away (outside the grid): exactly unoccluded.
     assert torch.allclose(v[2], torch.tensor([math.sqrt(4 * math.pi)] + [0.0] * 8))
+
+
+def test_visibility_is_read_off_the_surface():
+    # A point on a solid blob's surface, normal pointing out, uniform white light: the blob lies in the
+    # lower hemisphere, so the diffuse term must be (nearly) unoccluded. Read at the point itself, half of
+    # the trilinear corners are inside the blob and it comes out far too dark; the normal offset fixes it.
+    from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
+    from prd_blender.trainer.shading.envmap import EnvironmentLight
+    from prd_blender.trainer.train.distill import DistillConfig, shade_maps
+
+    means, scales, quats, opac = _blob(6000)
+    grid = bake_visibility(means, scales, quats, opac, resolution=32, directions=128, band=6,
+                           bounds=(np.full(3, -1.0), np.full(3, 1.0)))
+    n = torch.tensor([[[1.0, 0, 0]]])
+    maps = {"albedo": torch.ones(1, 1, 3), "roughness": torch.ones(1, 1, 1), "metallic": torch.zeros(1, 1, 1),
+            "normal": n, "view": n, "position": torch.tensor([[[0.3, 0, 0]]]), "progress": torch.ones(1, 1, 1),
+            "raw": torch.zeros(1, 1, 3)}
+    light = EnvironmentLight(16, init=1.0)
+
+    def diffuse(vis, offset: float) -> float:
+        with torch.no_grad():
+            return float(shade_maps(maps, light, get_brdf_lut(), vis, 3, DistillConfig(visibility_offset=offset))
+                         ["phy"][0, 0, 0])
+
+    open_sky = diffuse(None, 0.0)
+    assert diffuse(grid, DistillConfig().visibility_offset) > 0.95 * open_sky
+    assert diffuse(grid, 0.0) < 0.5 * open_sky
