@@ -241,9 +241,11 @@ class PRD_OT_relight_render(bpy.types.Operator):
 
     def _start_render_job(self, scene: bpy.types.Scene, path: Path, samples: int) -> set[str]:
         global _pending
-        if _pending is not None or bpy.app.is_job_running("RENDER"):
+        if bpy.app.is_job_running("RENDER"):
             self.report({"ERROR"}, "A render is already running")
             return {"CANCELLED"}
+        if _pending is not None:  # an earlier render ended without either handler (e.g. it failed): let go
+            _on_render_cancel()
         job = StillRender(scene, path, samples)
         _pending = job
         bpy.app.handlers.render_complete.append(_on_render_complete)
