@@ -302,6 +302,7 @@ def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture
                     "distill_iterations": run_cfg["distill"]["stage2"]},
             **chamfer((verts, faces), gt), **edge_report(weld.reshape(-1)[faces]),
             "faces": int(len(faces)), "train_seconds": round(train_s, 1), "bake_seconds": summary["seconds"],
+            "depth_offset": summary.get("depth_offset"),
         }
         test_views = load_capture(obj.test_transforms).views
         # at the benchmark's full size, where the GT albedo passes are
