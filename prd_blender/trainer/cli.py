@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 n = args.distill_iterations
                 distill = DistillConfig(stage2=n, stage3=n, stage4=n, real_scene=args.real_scene,
                                         tonemap="aces" if args.real_scene else "srgb")
-            capture = args.capture
+            capture = Path(args.capture)
             if not args.resume:  # a bare photo folder gets its poses first (a resumed run reuses OUT/sfm)
                 from .sfm import poses_for_training
 
@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                 capture, args.out, device=args.device, iterations=args.iterations,
                 resolution=args.resolution, downscale=args.downscale, background=args.background,
                 hold_out_every=args.hold_out, resume=args.resume,
-                overwrite=args.overwrite or capture != args.capture,
+                overwrite=args.overwrite or capture != Path(args.capture),
                 max_seconds=args.max_seconds, stop_at=args.stop_at, distill=distill, quiet=args.quiet,
             )
-            if capture != args.capture:  # the run replaced the manifest that named the poses: name them again
+            if capture != Path(args.capture):  # the run replaced the manifest that named the poses: name them again
                 from .outputs import update_manifest
 
                 update_manifest(args.out, files={"poses": "sfm/sfm.json"})
