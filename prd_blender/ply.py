@@ -21,38 +21,44 @@ class PlyError(ValueError):
     """The file is not a PLY this reader understands; the message names the file."""
 
 
+def _read_header(fh, path: Path) -> tuple[str | None, list[tuple[str, int, list[list[str]]]]]:
+    """Parse a PLY header up to ``end_header``: the format and the elements as (name, count, properties),
+    each property the words after ``property`` (e.g. ``["float", "x"]`` or ``["list", "uchar", "int", "i"]``)."""
+    if fh.readline().strip() != b"ply":
+        raise PlyError(f"{path} is not a PLY file")
+    fmt, elements = None, []
+    while True:
+        raw = fh.readline()
+        if not raw:
+            raise PlyError(f"{path}: header has no end_header")
+        words = raw.decode("ascii", errors="replace").split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        if words[0] == "end_header":
+            return fmt, elements
+        if words[0] == "format":
+            fmt = words[1]
+        elif words[0] == "element":
+            elements.append((words[1], int(words[2]), []))
+        elif words[0] == "property" and elements:
+            elements[-1][2].append(words[1:])
+
+
 def read_vertices(path: str | Path) -> np.ndarray:
     """The ``vertex`` element of a binary PLY as a numpy structured array (one field per property)."""
     path = Path(path)
     with open(path, "rb") as fh:
-        if fh.readline().strip() != b"ply":
-            raise PlyError(f"{path} is not a PLY file")
-        fmt, count, fields, in_vertex, other_before = None, 0, [], False, False
-        while True:
-            raw = fh.readline()
-            if not raw:
-                raise PlyError(f"{path}: header has no end_header")
-            words = raw.decode("ascii", errors="replace").split()
-            if not words or words[0] in ("comment", "obj_info"):
-                continue
-            if words[0] == "end_header":
-                break
-            if words[0] == "format":
-                fmt = words[1]
-            elif words[0] == "element":
-                in_vertex = words[1] == "vertex"
-                if in_vertex:
-                    count = int(words[2])
-                elif not fields:
-                    other_before = True
-            elif words[0] == "property" and in_vertex:
-                if words[1] == "list":
-                    raise PlyError(f"{path}: list properties in the vertex element are not supported")
-                if words[1] not in _PLY_TYPES:
-                    raise PlyError(f"{path}: unknown property type {words[1]!r}")
-                fields.append((words[2], _PLY_TYPES[words[1]]))
-        if other_before:
+        fmt, elements = _read_header(fh, path)
+        if not elements or elements[0][0] != "vertex":
             raise PlyError(f"{path}: the vertex element must come first")
+        _, count, props = elements[0]
+        fields = []
+        for prop in props:
+            if prop[0] == "list":
+                raise PlyError(f"{path}: list properties in the vertex element are not supported")
+            if prop[0] not in _PLY_TYPES:
+                raise PlyError(f"{path}: unknown property type {prop[0]!r}")
+            fields.append((prop[1], _PLY_TYPES[prop[0]]))
         if fmt not in ("binary_little_endian", "binary_big_endian"):
             raise PlyError(f"{path}: only binary PLY is supported (found {fmt!r})")
         order = "<" if fmt == "binary_little_endian" else ">"
@@ -110,34 +116,18 @@ def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     with open(path, "rb") as fh:
-        if fh.readline().strip() != b"ply":
-            raise PlyError(f"{path} is not a PLY file")
-        fmt, element, nv, nf, fields, face_list = None, "", 0, 0, [], None
-        while True:
-            raw = fh.readline()
-            if not raw:
-                raise PlyError(f"{path}: header has no end_header")
-            words = raw.decode("ascii", errors="replace").split()
-            if not words or words[0] in ("comment", "obj_info"):
-                continue
-            if words[0] == "end_header":
-                break
-            if words[0] == "format":
-                fmt = words[1]
-            elif words[0] == "element":
-                element = words[1]
-                if element == "vertex":
-                    nv = int(words[2])
-                elif element == "face":
-                    nf = int(words[2])
-                else:
-                    raise PlyError(f"{path}: unexpected element {element!r}")
-            elif words[0] == "property" and element == "vertex":
-                if words[1] not in _PLY_TYPES:
-                    raise PlyError(f"{path}: unsupported vertex property type {words[1]!r}")
-                fields.append((words[2], "<" + _PLY_TYPES[words[1]]))
-            elif words[0] == "property" and element == "face":
-                face_list = words[1:4]
+        fmt, elements = _read_header(fh, path)
+        names = [e[0] for e in elements]
+        if names not in (["vertex", "face"], ["vertex"]):
+            raise PlyError(f"{path}: expected a vertex and a face element, found {names}")
+        _, nv, vprops = elements[0]
+        fields = []
+        for prop in vprops:
+            if prop[0] not in _PLY_TYPES:
+                raise PlyError(f"{path}: unsupported vertex property type {prop[0]!r}")
+            fields.append((prop[1], "<" + _PLY_TYPES[prop[0]]))
+        nf, face_list = (elements[1][1], elements[1][2][0][:3] if elements[1][2] else None) if len(elements) > 1 \
+            else (0, None)
         if fmt != "binary_little_endian":
             raise PlyError(f"{path}: only binary little-endian PLY is supported (found {fmt!r})")
         if not nf or not face_list or face_list[0] != "list" or face_list[1] not in _PLY_TYPES \
