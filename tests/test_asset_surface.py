@@ -83,3 +83,20 @@ def test_bad_inputs_raise_clear_errors():
         S.validate_gaussians(_with(g, scales=torch.full((n, 3), 8.0)))
     with pytest.raises(ValueError, match="unknown quality"):
         S.settings("ultra")
+
+
+def test_separate_parts_are_kept_and_floaters_dropped():
+    # Inside is negative: a big ball, a small separate part (~3 % of its volume), a one-voxel floater.
+    n = 40
+    g = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).astype(float)
+    big = np.linalg.norm(g - [20, 20, 14], axis=-1) < 10
+    small = np.linalg.norm(g - [20, 20, 33], axis=-1) < 3.2
+    vol = np.where(big | small, -1.0, 1.0)
+    vol[3, 3, 3] = -1.0
+    clean = S.clean_volume(vol)
+    from scipy import ndimage
+
+    assert ndimage.label(clean < 0)[1] == 2  # the two parts, not the floater
+    verts, faces = S.marching_cubes(clean, np.zeros(3), 1.0)
+    _, f = S.main_components(verts, faces)
+    assert len(f) == len(faces)  # both surfaces survive the mesh-level filter too
