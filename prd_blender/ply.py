@@ -117,6 +117,8 @@ def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     with open(path, "rb") as fh:
         fmt, elements = _read_header(fh, path)
+        if fmt != "binary_little_endian":
+            raise PlyError(f"{path}: only binary little-endian PLY is supported (found {fmt!r})")
         names = [e[0] for e in elements]
         if names not in (["vertex", "face"], ["vertex"]):
             raise PlyError(f"{path}: expected a vertex and a face element, found {names}")
@@ -128,8 +130,6 @@ def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             fields.append((prop[1], "<" + _PLY_TYPES[prop[0]]))
         nf, face_list = (elements[1][1], elements[1][2][0][:3] if elements[1][2] else None) if len(elements) > 1 \
             else (0, None)
-        if fmt != "binary_little_endian":
-            raise PlyError(f"{path}: only binary little-endian PLY is supported (found {fmt!r})")
         if not nf or not face_list or face_list[0] != "list" or face_list[1] not in _PLY_TYPES \
                 or face_list[2] not in _PLY_TYPES:
             raise PlyError(f"{path}: no face list (not a mesh)")
