@@ -50,30 +50,22 @@ def link(nt: Any, out_socket: Any, in_socket: Any) -> None:
     nt.links.new(out_socket, in_socket)
 
 
+def _cycles_script() -> ModuleType:
+    """The package's Cycles script, loaded by path: it holds the one definition of the ground truth's render
+    settings, and importing it as ``prd_blender.trainer...`` would pull in the trainer package."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "prd_blender" / "trainer" / "asset" / "cycles_script.py"
+    spec = importlib.util.spec_from_file_location("prd_cycles_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def setup_render(bpy: ModuleType, size: int, samples: int, seed: int) -> None:
     """Cycles on CPU, OIDN on the colour, transparent film, Standard view transform, 8-bit RGBA PNG."""
     scene = bpy.context.scene
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = samples
-    scene.cycles.seed = seed
-    scene.cycles.use_denoising = True
-    try:
-        scene.cycles.denoiser = "OPENIMAGEDENOISE"
-    except TypeError:  # build without OIDN: fall back to the raw (noisier) render
-        scene.cycles.use_denoising = False
-    scene.render.resolution_x = scene.render.resolution_y = size
-    scene.render.resolution_percentage = 100
-    # Alpha = object mask; the HDRI still lights the object but is not visible behind it.
-    scene.render.film_transparent = True
-    # Standard view transform: the 8-bit PNG is the plain sRGB encoding of the linear render, which
-    # is what the trainer assumes (AgX/Filmic would bake a tone curve into the "ground truth").
-    vs = scene.view_settings
-    vs.view_transform = "Standard"
-    vs.look = "None"
-    vs.exposure = 0.0
-    vs.gamma = 1.0
-    scene.display_settings.display_device = "sRGB"
+    _cycles_script().setup_cycles(scene, size, samples, seed)
     set_png_output(scene)
     # No date/render-time/hostname metadata in the PNGs (see also strip_png_text): regenerating
     # gives byte-identical files (Cycles on CPU with a fixed seed is deterministic), so git only

@@ -39,8 +39,11 @@ def _job_path(argv: list[str]) -> Path:
     return Path(args[0])
 
 
-def _setup_scene(bpy: Any, size: int, samples: int, seed: int) -> Any:
-    scene = bpy.context.scene
+def setup_cycles(scene: Any, size: int, samples: int, seed: int) -> None:
+    """The ground truth's render settings: Cycles CPU, OIDN, transparent film, Standard view transform.
+
+    Also used by ``scripts/_bpy_scene.py`` (the benchmark and sample-capture generators), so that the
+    baked mesh is rendered exactly like the ground truth it is scored against."""
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
@@ -52,12 +55,20 @@ def _setup_scene(bpy: Any, size: int, samples: int, seed: int) -> Any:
         scene.cycles.use_denoising = False
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
+    # Alpha = object mask; the HDRI lights the object but is not visible behind it.
     scene.render.film_transparent = True
-    # BVH and images stay in memory between the renders of one job (the GT script measured ~30 % faster)
-    scene.render.use_persistent_data = True
+    # Standard view transform: an 8-bit PNG is then the plain sRGB encoding of the linear render, which
+    # is what the trainer assumes (AgX/Filmic would bake a tone curve into the "ground truth").
     vs = scene.view_settings
     vs.view_transform, vs.look, vs.exposure, vs.gamma = "Standard", "None", 0.0, 1.0
     scene.display_settings.display_device = "sRGB"
+
+
+def _setup_scene(bpy: Any, size: int, samples: int, seed: int) -> Any:
+    scene = bpy.context.scene
+    setup_cycles(scene, size, samples, seed)
+    # BVH and images stay in memory between the renders of one job (the GT script measured ~30 % faster)
+    scene.render.use_persistent_data = True
     img = scene.render.image_settings
     img.media_type = "IMAGE"  # Blender 5.0: multilayer EXR is a media type; we want a plain RGBA EXR
     img.file_format = "OPEN_EXR"
