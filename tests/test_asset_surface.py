@@ -18,7 +18,7 @@ SMALL = {"grid": 64, "render": 96, "faces": 3000, "extra_views": 20}
 def sphere_mesh():
     # the depth fusion alone: the disc centres lie on the sphere, so its radius is the known answer
     mesh, views, info = S.extract_surface(sphere_gaussians(radius=0.5), [], "preview", "cpu", silhouette_fit=False,
-                                          **SMALL)
+                                          silhouette_fill=False, **SMALL)
     return mesh, info
 
 
@@ -32,6 +32,37 @@ def test_silhouette_fit_moves_the_surface_onto_the_coverage_silhouette(sphere_me
     grown = np.linalg.norm(mesh.vertices, axis=1).mean() - np.linalg.norm(plain.vertices, axis=1).mean()
     assert grown == pytest.approx(off["world"], abs=0.3 * info["voxel"])
     assert info["watertight"]
+
+
+def test_silhouette_fill_restores_a_cap_whose_depth_came_out_too_deep():
+    # Shiny surfaces get splatted depth that is locally too deep (reflections painted from behind). Fake that
+    # on the sphere's top cap: the fused cap sinks and misses covered pixels in the side views; the fill grows
+    # it back out to the visual hull there and leaves the rest of the sphere where the depth put it.
+    model = sphere_gaussians(radius=0.5)
+    lo, hi = S.object_bounds(model, np.ones(len(model.means), bool))
+    views = S.render_views(model, S.sphere_cameras(np.zeros(3), 0.55, 2.0, 24, 96), "cpu")
+    for v in range(len(views.depth)):
+        M, K = views.viewmats[v], views.Ks[v]
+        h, w = views.depth[v].shape
+        uu, vv = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+        rays = np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], np.ones_like(uu)], -1)
+        world = (rays * views.depth[v][..., None] - M[:3, 3]) @ M[:3, :3]  # camera -> world (R orthonormal)
+        cap = (world[..., 2] > 0.3) & (views.coverage[v] > 0.5)
+        views.depth[v][cap] += 0.12
+    vol, origin, voxel = S.fuse_tsdf(views, lo, hi, 64)
+
+    def top(volume):
+        verts, faces = S.main_components(*S.marching_cubes(S.clean_volume(volume), origin - voxel, voxel))
+        return verts, faces, verts[:, 2].max(), np.linalg.norm(verts[verts[:, 2] < 0], axis=1).mean()
+
+    _, _, sunk_top, sunk_lower = top(vol)
+    filled, report = S.fill_silhouettes(vol, origin, voxel, views)
+    verts, faces, filled_top, filled_lower = top(filled)
+    assert sunk_top < 0.45 and report["missed_pixels"] > 0.01 and report["filled_voxels"] > 0
+    assert filled_top == pytest.approx(0.5, abs=1.5 * voxel)  # back on the sphere
+    assert filled_lower == pytest.approx(sunk_lower, abs=0.25 * voxel)  # the lower half was not touched
+    again, second = S.fill_silhouettes(filled, origin, voxel, views)
+    assert second["missed_pixels"] < 0.2 * report["missed_pixels"]
 
 
 def test_sphere_radius_and_watertight(sphere_mesh):
