@@ -168,6 +168,13 @@ def test_bad_capture_gives_a_clear_error(tmp_path):
     assert err and bad.name in err[0]["message"]
 
 
+def test_empty_distillation_stages_are_refused_before_anything_runs(tmp_path):
+    # stages 2-4 of 0 iterations once crashed after stage 1 ("'NoneType' object has no attribute 'save'")
+    r = prd("train", str(SAMPLE), "--out", str(tmp_path / "o"), "--distill-iterations", "0")
+    assert r.returncode == 2 and "--distill-iterations must be at least 1" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"iteration": 1, "params": {"x": torch.ones(3)}})

@@ -165,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.stages == 4 and args.distill_iterations < 1:
+        # a four-stage run with empty stages 2-4 would end without light or visibility to write
+        parser.error("--distill-iterations must be at least 1 (--stages 1 trains the radiance field alone)")
     from .capture import CaptureError
     from .outputs import OutputFolderError
 
