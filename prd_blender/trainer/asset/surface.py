@@ -255,6 +255,19 @@ def _raster_mesh(pix, z, uvs, faces, W, H, tri, bary, zbuf):  # pragma: no cover
 # ------------------------------------------------------------------------------------------- TSDF
 
 
+@njit(cache=True)
+def _project(M, K, size, px, py, pz):  # pragma: no cover - numba
+    """World point -> (in front and inside the image, camera x, y, z, pixel u, w) for one view."""
+    z = M[2, 0] * px + M[2, 1] * py + M[2, 2] * pz + M[2, 3]
+    x = M[0, 0] * px + M[0, 1] * py + M[0, 2] * pz + M[0, 3]
+    y = M[1, 0] * px + M[1, 1] * py + M[1, 2] * pz + M[1, 3]
+    if z <= 1e-6:
+        return False, x, y, z, -1.0, -1.0
+    u = K[0, 0] * x / z + K[0, 2]
+    w = K[1, 1] * y / z + K[1, 2]
+    return not (u < 0 or w < 0 or u >= size[0] or w >= size[1]), x, y, z, u, w
+
+
 @njit(parallel=True, cache=True)
 def _fuse(origin, voxel, shape, viewmats, Ks, sizes, depth, cov, covmax, feats, trunc, offset,
           out):  # pragma: no cover - numba
@@ -271,14 +284,8 @@ def _fuse(origin, voxel, shape, viewmats, Ks, sizes, depth, cov, covmax, feats, 
                 behind = 0
                 for v in range(V):
                     M = viewmats[v]
-                    z = M[2, 0] * px + M[2, 1] * py + M[2, 2] * pz + M[2, 3]
-                    if z <= 1e-6:
-                        continue
-                    x = M[0, 0] * px + M[0, 1] * py + M[0, 2] * pz + M[0, 3]
-                    y = M[1, 0] * px + M[1, 1] * py + M[1, 2] * pz + M[1, 3]
-                    u = Ks[v, 0, 0] * x / z + Ks[v, 0, 2]
-                    w = Ks[v, 1, 1] * y / z + Ks[v, 1, 2]
-                    if u < 0 or w < 0 or u >= sizes[v, 0] or w >= sizes[v, 1]:
+                    seen, x, y, z, u, w = _project(M, Ks[v], sizes[v], px, py, pz)
+                    if not seen:
                         continue
                     c = cov[v, int(w), int(u)]
                     if covmax[v, int(w), int(u)] < 0.05:  # background all around: the voxel is free space
@@ -407,14 +414,8 @@ def _hull_fill(origin, voxel, viewmats, Ks, sizes, sdt, need, candidate, trunc, 
                 needed = False
                 for v in range(V):
                     M = viewmats[v]
-                    z = M[2, 0] * px + M[2, 1] * py + M[2, 2] * pz + M[2, 3]
-                    if z <= 1e-6:
-                        continue
-                    x = M[0, 0] * px + M[0, 1] * py + M[0, 2] * pz + M[0, 3]
-                    y = M[1, 0] * px + M[1, 1] * py + M[1, 2] * pz + M[1, 3]
-                    u = Ks[v, 0, 0] * x / z + Ks[v, 0, 2]
-                    w = Ks[v, 1, 1] * y / z + Ks[v, 1, 2]
-                    if u < 0 or w < 0 or u >= sizes[v, 0] or w >= sizes[v, 1]:
+                    seen, x, y, z, u, w = _project(M, Ks[v], sizes[v], px, py, pz)
+                    if not seen:
                         continue
                     iu, iw = int(u), int(w)
                     h = min(h, sdt[v, iw, iu] * z / Ks[v, 0, 0])
