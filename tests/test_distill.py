@@ -152,6 +152,17 @@ def test_metallic_restarts_at_stage3_value(tmp_path):
         assert torch.allclose(metal, torch.full_like(metal, expect), atol=1e-3), start
 
 
+def test_metallic_prior_pulls_towards_dielectric(tmp_path):
+    # Same seed, same data: only the prior's weight differs, so only it can lower the metallic channel.
+    means = {}
+    for weight in (0.0, 1.0):
+        s1, d = configs(6)
+        d.metallic_weight = weight
+        run_train(SAMPLE, tmp_path / str(weight), resolution=32, config=s1, distill=d, quiet=True)
+        means[weight] = Gaussians.load_ply(tmp_path / str(weight) / "point_cloud.ply").pbr("metallic").mean().item()
+    assert means[1.0] < means[0.0] - 0.02, means
+
+
 def test_bench_overrides_parse_by_field_type():
     from prd_blender.trainer.cli import parse_overrides
 

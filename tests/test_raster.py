@@ -97,6 +97,33 @@ def test_depth_of_a_wall():
     assert out.features.shape == (32, 32, 2)
 
 
+def _walls(front_opacity: float):
+    """Two walls of Gaussians, a front one at z = 2 of the given opacity and an opaque one at z = 3."""
+    n = 40
+    xs, ys = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    grid = torch.stack([xs.flatten(), ys.flatten()], -1)
+    means = torch.cat([torch.cat([grid, torch.full((n * n, 1), z)], 1) for z in (2.0, 3.0)])
+    quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(2 * n * n, 1)
+    scales = torch.cat([torch.full((n * n, 3), 0.04), torch.full((n * n, 3), 0.06)])
+    opac = torch.cat([torch.full((n * n,), front_opacity), torch.full((n * n,), 0.9)])
+    return means, quats, scales, opac
+
+
+def test_median_depth_is_the_first_surface_not_the_average():
+    # A faint front layer leaves transmittance above 0.5, so the median depth is the back wall's; a dense
+    # one takes it below, so it is the front's. The expected depth lies in between in both cases.
+    K = torch.tensor([[32.0, 0, 16], [0, 32.0, 16], [0, 0, 1]])
+    centre = (slice(10, 22), slice(10, 22))
+    for front, want in ((0.06, 3.0), (0.25, 2.0)):  # the front layer alone: alpha 0.31 and 0.8
+        m, q, s, o = _walls(front)
+        out = rasterization(m, q, s, o, torch.ones(len(m), 1), torch.eye(4), K, 32, 32, backend="cpu",
+                            median_depth=True)
+        assert torch.allclose(out.median_depth[centre], torch.tensor(want), atol=0.02), front
+        assert 2.05 < float(out.depth[centre].mean()) < 2.95, front
+    far = rasterization(m, q, s, o, torch.ones(len(m), 1), torch.eye(4), K, 32, 32, backend="cpu")
+    assert far.median_depth is None  # only computed when asked for
+
+
 def test_empty_scene():
     s = random_scene(0, 3, 16, 16)
     out = rasterization(

@@ -168,6 +168,17 @@ def test_bad_capture_gives_a_clear_error(tmp_path):
     assert err and bad.name in err[0]["message"]
 
 
+def test_dielectric_flag_turns_the_metallic_prior_on(tmp_path):
+    from prd_blender.trainer.train.distill import DIELECTRIC_PRIOR
+
+    for flag, want in (([], 0.0), (["--dielectric"], DIELECTRIC_PRIOR)):
+        out = tmp_path / str(bool(flag))
+        r = prd("train", str(SAMPLE), "--out", str(out), "--resolution", "32", "--iterations", "20",
+                "--distill-iterations", "2", "--quiet", *flag)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((out / "run.json").read_text())["distill"]["metallic_weight"] == want
+
+
 def test_empty_distillation_stages_are_refused_before_anything_runs(tmp_path):
     # stages 2-4 of 0 iterations once crashed after stage 1 ("'NoneType' object has no attribute 'save'")
     r = prd("train", str(SAMPLE), "--out", str(tmp_path / "o"), "--distill-iterations", "0")

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distill-iterations", type=int, default=1000, metavar="N", help="iterations of each of stages 2-4")
     t.add_argument("--real-scene", action="store_true",
                    help="photos without masks: progress target 1 everywhere, light frozen in stage 4, ACES tone map")
+    t.add_argument("--dielectric", action="store_true",
+                   help="the object has no bare metal: a prior pulls metallic to 0 (see docs/benchmarks.md)")
     size = t.add_mutually_exclusive_group()
     size.add_argument("--resolution", type=int, help="longer image side in pixels")
     size.add_argument("--downscale", type=float, help="divide image sides by this factor")
@@ -176,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             from .pipeline import run_train
-            from .train.distill import DistillConfig
+            from .train.distill import DIELECTRIC_PRIOR, DistillConfig
 
             distill = None
             if args.stages == 4 and not args.resume:
                 n = args.distill_iterations
                 distill = DistillConfig(stage2=n, stage3=n, stage4=n, real_scene=args.real_scene,
-                                        tonemap="aces" if args.real_scene else "srgb")
+                                        tonemap="aces" if args.real_scene else "srgb",
+                                        metallic_weight=DIELECTRIC_PRIOR if args.dielectric else 0.0)
             capture = Path(args.capture)
             if not args.resume:  # a bare photo folder gets its poses first (a resumed run reuses OUT/sfm)
                 from .sfm import poses_for_training

@@ -192,8 +192,15 @@ def gaussian_features(model: Gaussians) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_views(model: Gaussians, cams: list[Camera], backend: str) -> ViewStack:
-    """Splat depth, coverage and the material + normal channels of every camera (one pass each)."""
+def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode: str = "median") -> ViewStack:
+    """Splat depth, coverage and the material + normal channels of every camera (one pass each).
+
+    ``depth_mode``: "median" (where transmittance crosses 0.5: the first surface) or "expected" (the
+    alpha-weighted mean). Expected depth averages the layers a pixel grazes: it filled the crevice between
+    the mixed object's ball and bowl with a meniscus of in-between depths.
+    """
+    if depth_mode not in ("median", "expected"):
+        raise ValueError(f"unknown depth mode {depth_mode!r}")
     mat = gaussian_features(model)
     W = max(c.width for c in cams)
     H = max(c.height for c in cams)
@@ -204,10 +211,11 @@ def render_views(model: Gaussians, cams: list[Camera], backend: str) -> ViewStac
     for i, cam in enumerate(cams):
         f = torch.cat([mat, model.normals(cam.centre)], 1)
         out = rasterization(model.means, model.quats, model.scales, model.opacities, f, cam.viewmat, cam.K,
-                            cam.width, cam.height, backend=backend)
-        depth[i, : cam.height, : cam.width] = out.depth.numpy()
-        cov[i, : cam.height, : cam.width] = out.alpha.numpy()
-        feats[i, : cam.height, : cam.width] = out.features.numpy()
+                            cam.width, cam.height, backend=backend, median_depth=depth_mode == "median")
+        d = out.depth if depth_mode == "expected" else torch.where(out.median_depth > 0, out.median_depth, out.depth)
+        depth[i, : cam.height, : cam.width] = d.cpu().numpy()
+        cov[i, : cam.height, : cam.width] = out.alpha.cpu().numpy()
+        feats[i, : cam.height, : cam.width] = out.features.cpu().numpy()
     return ViewStack(
         viewmats=np.stack([c.viewmat.numpy().astype(np.float64) for c in cams]),
         Ks=np.stack([c.K.numpy().astype(np.float64) for c in cams]),
@@ -672,11 +680,12 @@ def gather_cameras(model: Gaussians, opaque: np.ndarray, capture_cams: list[Came
 
 def extract_surface(model: Gaussians, capture_cams: list[Camera], quality: str = "standard",
                     backend: str = "cpu", silhouette_fit: bool = True, silhouette_fill: bool = True,
-                    **overrides) -> tuple[Mesh, ViewStack, dict]:
+                    depth_mode: str = "median", **overrides) -> tuple[Mesh, ViewStack, dict]:
     """Gaussians -> closed, simplified, outward-oriented mesh; also the rendered views (reused for baking).
 
     ``silhouette_fit``: move the surface out by the measured depth bias (``silhouette_offset``).
     ``silhouette_fill``: grow it into the visual hull where it still misses covered pixels (``fill_silhouettes``).
+    ``depth_mode``: which splatted depth is fused (``render_views``).
 
     ``overrides`` replace entries of the quality's settings (``grid``, ``render``, ``faces``, ``extra_views``,
     ``max_views``), e.g. for small tests.
@@ -689,7 +698,7 @@ def extract_surface(model: Gaussians, capture_cams: list[Camera], quality: str =
     opaque = validate_gaussians(model)
     lo, hi = object_bounds(model, opaque)
     cams = gather_cameras(model, opaque, capture_cams, cfg, lo, hi)
-    views = render_views(model, cams, backend)
+    views = render_views(model, cams, backend, depth_mode)
     if views.coverage.max() < COVERED:
         raise GaussianFileError(
             "no surface: no rendered pixel is more than 50% covered (the Gaussians are too transparent)")

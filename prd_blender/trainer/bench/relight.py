@@ -81,7 +81,7 @@ def bench_relight(
     count) and reused, so that experiments on stages 2-4 do not retrain stage 1.
     """
     n = distill_iterations
-    base = DistillConfig(stage2=n, stage3=n, stage4=n, **distill_overrides)
+    base = DistillConfig(**{"stage2": n, "stage3": n, "stage4": n, **distill_overrides})  # --set may shorten a stage
     results: dict = {
         "objects": {}, "iterations": iterations, "distill_iterations": n, "distill_config": dataclasses.asdict(base),
     }

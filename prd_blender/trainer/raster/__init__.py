@@ -29,6 +29,9 @@ class RasterOutput:
     means2d: torch.Tensor  # (N, 2); its .grad drives densification
     radii: torch.Tensor  # (N, 2) int, 0 for Gaussians not drawn
     backend: str
+    # (H, W) camera z where transmittance crosses 0.5 (0 where it never does); only when asked for, and
+    # without gradient: surface extraction wants the first surface, not the average of every layer.
+    median_depth: torch.Tensor | None = None
 
 
 def choose_backend(requested: str = "auto") -> tuple[str, str]:
@@ -65,12 +68,14 @@ def rasterization(
     backend: str = "cpu",
     near_plane: float = 0.01,
     eps2d: float = 0.3,
+    median_depth: bool = False,
 ) -> RasterOutput:
     """Render N Gaussians with C feature channels from one OpenCV pinhole camera.
 
     means (N, 3), quats (N, 4) w first, scales (N, 3) > 0, opacities (N,) in (0, 1),
     features (N, C), viewmat (4, 4) world-to-camera (x right, y down, z forward), K (3, 3).
-    ``backend`` is a resolved name (see ``choose_backend``).
+    ``backend`` is a resolved name (see ``choose_backend``). ``median_depth`` also fills
+    ``RasterOutput.median_depth`` (computed by the CPU kernel on every backend: a forward-only extra).
     """
     if backend == "cuda":
         from .cuda import rasterize_gsplat
@@ -78,7 +83,11 @@ def rasterization(
         feats, alpha, depth, means2d, radii = rasterize_gsplat(
             means, quats, scales, opacities, features, viewmat, K, width, height, near_plane, eps2d
         )
-        return RasterOutput(feats, alpha, depth, means2d, radii, backend)
+        med = None
+        if median_depth:
+            med = _median(means, quats, scales, opacities, viewmat, K, width, height, near_plane, eps2d)
+            med = med.to(feats.device)
+        return RasterOutput(feats, alpha, depth, means2d, radii, backend, med)
 
     proj = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, near_plane, eps2d)
     # Depth rides along as one more channel, then is normalised by alpha like gsplat's "ED" mode.
@@ -94,4 +103,19 @@ def rasterization(
     else:
         raise ValueError(f"unknown backend {backend!r}")
     depth = out[..., -1] / alpha.clamp_min(1e-10)
-    return RasterOutput(out[..., :-1], alpha, depth, proj.means2d, proj.radii, backend)
+    med = None
+    if median_depth:
+        from .cpu import median_depth_cpu
+
+        with torch.no_grad():
+            med = median_depth_cpu(proj.means2d, proj.conics, opacities, proj.radii, proj.depths, width, height)
+    return RasterOutput(out[..., :-1], alpha, depth, proj.means2d, proj.radii, backend, med)
+
+
+@torch.no_grad()
+def _median(means, quats, scales, opacities, viewmat, K, width, height, near_plane, eps2d) -> torch.Tensor:
+    from .cpu import median_depth_cpu
+
+    args = [t.detach().cpu() for t in (means, quats, scales, opacities, viewmat, K)]
+    proj = project_gaussians(*args, width, height, near_plane, eps2d)
+    return median_depth_cpu(proj.means2d, proj.conics, args[3], proj.radii, proj.depths, width, height)

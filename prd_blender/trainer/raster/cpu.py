@@ -182,6 +182,49 @@ def _forward(means2d, conics, opac, feats, offsets, ids, tile_order, width, heig
 
 
 @njit(parallel=True, fastmath=True, cache=True)
+def _median_forward(means2d, conics, opac, depths, offsets, ids, tile_order, width, height, tile, out):
+    # Forward only: the depth of the Gaussian whose blending takes transmittance below 0.5, i.e. the first
+    # surface a ray meets. Expected depth averages every layer a ray grazes, which fills a narrow crevice
+    # (a ball resting in a bowl) with a meniscus of in-between depths.
+    tiles_x = (width + tile - 1) // tile
+    for i in prange(tile_order.shape[0]):
+        t = tile_order[i]
+        ty = t // tiles_x
+        tx = t - ty * tiles_x
+        geo, f = _gather_tile(means2d, conics, opac, depths, ids, offsets[t], offsets[t + 1])
+        n = geo.shape[0]
+        x0 = tx * tile
+        x1 = min(width, x0 + tile)
+        trans = np.empty(tile, np.float64)
+        for py in range(ty * tile, min(height, (ty + 1) * tile)):
+            y = py + 0.5
+            trans[:] = 1.0
+            for px in range(x0, x1):
+                out[py, px] = 0.0
+            n_done = 0
+            for j in range(n):
+                if n_done == x1 - x0:
+                    break
+                lo, hi = _row_span(geo, j, y, x0, x1)
+                for px in range(lo, hi):
+                    q = px - x0
+                    if trans[q] < 0.5:
+                        continue
+                    dx = px + 0.5 - geo[j, 0]
+                    dy = y - geo[j, 1]
+                    power = -0.5 * (geo[j, 2] * dx * dx + geo[j, 4] * dy * dy) - geo[j, 3] * dx * dy
+                    if power > 0.0 or power < geo[j, 6]:
+                        continue
+                    alpha = min(ALPHA_MAX, geo[j, 5] * math.exp(power))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    trans[q] *= 1.0 - alpha
+                    if trans[q] < 0.5:
+                        out[py, px] = f[j, 0]
+                        n_done += 1
+
+
+@njit(parallel=True, fastmath=True, cache=True)
 def _backward(
     means2d, conics, opac, feats, offsets, ids, tile_order, width, height, tile, final_t, last_idx,
     g_out, g_alpha, pg_feat, pg_geom,
@@ -309,3 +352,23 @@ def composite_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite projected Gaussians front to back: features (H, W, C) and alpha (H, W)."""
     return _CompositeCPU.apply(means2d, conics, opacities, features, radii, depths, width, height)
+
+
+def median_depth_cpu(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    opacities: torch.Tensor,
+    radii: torch.Tensor,
+    depths: torch.Tensor,
+    width: int,
+    height: int,
+) -> torch.Tensor:
+    """Median depth (H, W): camera z where transmittance crosses 0.5, 0 where it never does. No gradient."""
+    m, con, o = _np(means2d), _np(conics), _np(opacities)
+    d = _np(depths).astype(np.float32).reshape(-1, 1)
+    order = np.argsort(d[:, 0], kind="stable").astype(np.int64)
+    offsets, ids = _bin_gaussians(m, _np(radii).astype(np.int64), order, width, height, TILE)
+    tile_order = _balanced_tile_order(offsets.shape[0] - 1, numba.get_num_threads())
+    out = np.empty((height, width), np.float32)
+    _median_forward(m, con, o, d, offsets, ids, tile_order, width, height, TILE, out)
+    return torch.from_numpy(out)

@@ -31,6 +31,11 @@ from .progress import Progress
 from .render import Camera, depth_normals, render_pbr_maps
 from .stage1 import Cancelled, StopFlag
 
+# ``metallic_weight`` for objects known to have no bare metal (``prd train --dielectric``). Measured on the
+# diffuse benchmark object: metallic MAE 0.68 -> 0.01, relighting +0.9 dB, albedo +1.2 dB; on the mixed
+# object (half brass) it costs 2.1 dB, so it is not the default (docs/benchmarks.md, relighting run 4).
+DIELECTRIC_PRIOR = 0.05
+
 
 @dataclass
 class DistillConfig:
@@ -70,6 +75,10 @@ class DistillConfig:
     # its metallic value carries no evidence; starting from 1 (sigmoid logit 9) the freed parameter
     # barely moves (run 1: MAE 0.73 on a dielectric). A neutral 0.5 puts it where the sigmoid is steepest.
     metallic_stage3: float | None = 0.5
+    # Prior towards dielectric from stage 3 on: weight times the mean splatted metallic over the object.
+    # A rough metal with the same albedo shades almost like a diffuse surface under one light, so nothing
+    # in the images separates them; most surfaces are dielectric. 0 turns it off.
+    metallic_weight: float = 0.0
     # Progress at the start of stage 2. DESIGN.md §3 says 0.01 and lets it rise by itself, but measured, it
     # does not (the radiance field already fits the images), and stage 2 then teaches the physical branch
     # nothing: glossy relighting 15.7 dB, and no variant with stage-2 progress well below 1 did better than
@@ -308,6 +317,8 @@ def train_distill(
                     target = maps["coverage"].detach()  # real scenes: progress 1 wherever there is surface
                 loss = loss + cfg.mask_weight * ((splat_progress - target) ** 2).mean()
                 loss = loss + cfg.light_weight * light_grey_loss(light)
+            if stage >= 3 and cfg.metallic_weight > 0:
+                loss = loss + cfg.metallic_weight * (maps["metallic"] * maps["coverage"]).mean()
             loss.backward()
             for o in opt.values():
                 o.step()
