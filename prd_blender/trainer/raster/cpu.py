@@ -120,6 +120,20 @@ def _row_span(geo, j, y, x0, x1):
     return lo, hi
 
 
+@njit(inline="always")
+def _pixel_alpha(geo, j, px, y):
+    """Gaussian j's alpha at pixel (px, row centre y); 0 where the skip test or ALPHA_MIN drops it.
+
+    The two forward kernels share it; the backward evaluates inline because it also needs dx, dy and G.
+    """
+    dx = px + 0.5 - geo[j, 0]
+    dy = y - geo[j, 1]
+    power = -0.5 * (geo[j, 2] * dx * dx + geo[j, 4] * dy * dy) - geo[j, 3] * dx * dy
+    if power > 0.0 or power < geo[j, 6]:
+        return 0.0
+    return min(ALPHA_MAX, geo[j, 5] * math.exp(power))
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _forward(means2d, conics, opac, feats, offsets, ids, tile_order, width, height, tile, out, out_t, out_last):
     # Scanline order inside a tile: for each row, Gaussians front to back, each touching only the
@@ -155,12 +169,7 @@ def _forward(means2d, conics, opac, feats, offsets, ids, tile_order, width, heig
                     q = px - x0
                     if done[q]:
                         continue
-                    dx = px + 0.5 - geo[j, 0]
-                    dy = y - geo[j, 1]
-                    power = -0.5 * (geo[j, 2] * dx * dx + geo[j, 4] * dy * dy) - geo[j, 3] * dx * dy
-                    if power > 0.0 or power < geo[j, 6]:
-                        continue
-                    alpha = min(ALPHA_MAX, geo[j, 5] * math.exp(power))
+                    alpha = _pixel_alpha(geo, j, px, y)
                     if alpha < ALPHA_MIN:
                         continue
                     next_t = trans[q] * (1.0 - alpha)
@@ -210,12 +219,7 @@ def _median_forward(means2d, conics, opac, depths, offsets, ids, tile_order, wid
                     q = px - x0
                     if trans[q] < 0.5:
                         continue
-                    dx = px + 0.5 - geo[j, 0]
-                    dy = y - geo[j, 1]
-                    power = -0.5 * (geo[j, 2] * dx * dx + geo[j, 4] * dy * dy) - geo[j, 3] * dx * dy
-                    if power > 0.0 or power < geo[j, 6]:
-                        continue
-                    alpha = min(ALPHA_MAX, geo[j, 5] * math.exp(power))
+                    alpha = _pixel_alpha(geo, j, px, y)
                     if alpha < ALPHA_MIN:
                         continue
                     trans[q] *= 1.0 - alpha
