@@ -171,3 +171,55 @@ def test_bench_overrides_parse_by_field_type():
     assert got == {"metallic_stage3": None, "stage2": 40, "real_scene": True, "tonemap": "aces"}
     with pytest.raises(SystemExit):
         parse_overrides(["no_such_field=1"])
+
+
+def test_specular_visibility_flag_darkens_only_occluded_reflections():
+    """shade_maps with ``specular_visibility``: a pixel whose reflection points into a blocked half of the
+    sky loses specular light, one reflecting into the open sky keeps it; the default leaves both alone."""
+    import dataclasses
+
+    from sh_util import project_sh
+
+    from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
+    from prd_blender.trainer.shading.envmap import EnvironmentLight
+    from prd_blender.trainer.shading.visibility import VisibilityGrid
+    from prd_blender.trainer.train.distill import shade_maps
+
+    # visibility everywhere: the upper hemisphere except the +x side (a wall)
+    coeffs = project_sh(lambda d: (d[:, 2] > 0) & (d[:, 0] < 0.2), 2).numpy()[None]
+    vis = VisibilityGrid(np.full(3, -10.0), 20.0, np.zeros((1, 1, 1), np.int32), coeffs, 2)
+    view = torch.nn.functional.normalize(torch.tensor([[[-1.0, 0, 1], [1.0, 0, 1]]]), dim=-1)  # reflect to +x / -x
+    maps = {"albedo": torch.full((1, 2, 3), 0.8), "roughness": torch.full((1, 2, 1), 0.1),
+            "metallic": torch.ones(1, 2, 1), "normal": torch.tensor([[[0.0, 0, 1], [0.0, 0, 1]]]), "view": view,
+            "position": torch.zeros(1, 2, 3), "progress": torch.ones(1, 2, 1), "raw": torch.zeros(1, 2, 3)}
+    light, lut = EnvironmentLight(16, init=1.0), get_brdf_lut(64, 256, cache_dir=None)
+    cfg = DistillConfig(visibility_offset=0.0)  # read the one cell at the point itself
+    plain = shade_maps(maps, light, lut, vis, 4, cfg)["phy"]
+    occluded = shade_maps(maps, light, lut, vis, 4, dataclasses.replace(cfg, specular_visibility=True))["phy"]
+    assert occluded[0, 0].mean() < 0.7 * plain[0, 0].mean()  # towards the wall
+    assert torch.allclose(occluded[0, 1], plain[0, 1], rtol=0.02)  # away from it
+
+
+def test_raw_fixed_geometry_keeps_the_image_and_cuts_the_geometry_gradient():
+    """The second pass splats the same radiance colour (same maps), but the radiance branch's loss no
+    longer reaches positions, shapes or opacities; it still reaches the SH colour."""
+    from prd_blender.trainer.asset.surface import look_at_camera
+    from prd_blender.trainer.train.render import render_pbr_maps
+
+    rng = np.random.default_rng(0)
+    model = Gaussians.from_points(rng.normal(0, 0.3, (200, 3)), rng.random((200, 3)), init_opacity=0.5)
+    model.add_pbr()
+    cam = look_at_camera(np.array([0.0, -3.0, 1.0]), np.zeros(3), 40.0, 32)
+    grads = {}
+    for fixed in (False, True):
+        for p in model.params.values():
+            p.grad = None
+        maps = render_pbr_maps(model, cam, 3, "cpu", raw_fixed_geometry=fixed)
+        (maps["raw"] * maps["coverage"].detach()).sum().backward()
+        grads[fixed] = {k: model.params[k].grad for k in ("means", "opacities", "sh0")}
+        grads[fixed]["raw"] = maps["raw"].detach()
+    assert torch.allclose(grads[True]["raw"], grads[False]["raw"], atol=1e-5)
+    assert grads[False]["means"].abs().sum() > 0 and grads[False]["opacities"].abs().sum() > 0
+    assert grads[True]["means"] is None or grads[True]["means"].abs().sum() == 0
+    assert grads[True]["opacities"] is None or grads[True]["opacities"].abs().sum() == 0
+    assert grads[True]["sh0"].abs().sum() > 0

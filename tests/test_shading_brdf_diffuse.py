@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+from sh_util import project_sh, sphere_quadrature
 
 from prd_blender.trainer.shading.brdf_lut import compute_brdf_lut, get_brdf_lut, ggx_d, smith_g2
 from prd_blender.trainer.shading.diffuse import (
@@ -24,6 +25,7 @@ from prd_blender.trainer.shading.shade import (
     srgb_to_linear,
     tonemap,
 )
+from prd_blender.trainer.shading.specular_occlusion import specular_visibility
 from prd_blender.trainer.train.sh import sh_basis
 
 
@@ -79,12 +81,7 @@ def test_gaunt_and_unoccluded_equals_classic_irradiance():
 def test_triple_product_against_quadrature():
     """E = integral V L K_n with K_n the order-2 clamped-cosine lobe, by brute-force quadrature."""
     torch.manual_seed(0)
-    z, wz = np.polynomial.legendre.leggauss(24)
-    ph = (np.arange(48) + 0.5) * 2 * math.pi / 48
-    zz, pp = np.meshgrid(z, ph, indexing="ij")
-    rr = np.sqrt(1 - zz**2)
-    dirs = torch.tensor(np.stack([rr * np.cos(pp), rr * np.sin(pp), zz], -1).reshape(-1, 3))
-    w = torch.tensor((wz[:, None] * np.full(48, 2 * math.pi / 48)).reshape(-1))
+    dirs, w = sphere_quadrature(24, 48)
     y = sh_basis(dirs, 2)
     n = torch.nn.functional.normalize(torch.randn(5, 3, dtype=torch.float64), dim=-1)
     v_sh = torch.randn(5, 9, dtype=torch.float64)
@@ -93,6 +90,26 @@ def test_triple_product_against_quadrature():
     ref = torch.einsum("pq,qc,pq,q->pc", v_sh @ y.T, y @ l_sh, kern, w)
     ours = diffuse_irradiance(n.float(), v_sh.float(), l_sh.float())
     assert torch.allclose(ours.double(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_specular_visibility_open_sky_floor_and_wall():
+    """Open sky and a bare floor (the surface's own horizon) read 1 for every reflection, grazing ones
+    included. A wall on the +x side blocks mirror reflections towards it, not those away from it, and a
+    rough lobe averages the two."""
+    n = torch.tensor([[0.0, 0.0, 1.0]]).repeat(4, 1)
+    refl = torch.nn.functional.normalize(torch.tensor([[0.0, 0, 1], [1, 0, 0.15], [1, 0, 1], [-1, 0, 1]]), dim=-1)
+    for v in (project_sh(lambda d: torch.ones(len(d)), 2), project_sh(lambda d: d[:, 2] > 0, 2)):
+        for r in (0.0, 0.5, 1.0):
+            out = specular_visibility(v[None].repeat(4, 1), n, refl, torch.full((4,), r))
+            assert torch.allclose(out, torch.ones_like(out), atol=0.02), (r, out)
+    wall = project_sh(lambda d: (d[:, 2] > 0) & (d[:, 0] < 0.2), 2)[None].repeat(4, 1)
+    mirror = specular_visibility(wall, n, refl, torch.zeros(4))[:, 0]
+    rough = specular_visibility(wall, n, refl, torch.ones(4))[:, 0]
+    assert mirror[2] < 0.6 and mirror[3] > 0.95  # towards the wall / away from it
+    assert mirror[2] < rough[2] < mirror[3]
+    rough_t = torch.full((4,), 0.9, requires_grad=True)
+    specular_visibility(wall, n, refl, rough_t).sum().backward()
+    assert rough_t.grad is not None and rough_t.grad.abs().sum() > 0
 
 
 def test_constant_environment_gives_albedo():

@@ -69,8 +69,13 @@ def pixel_rays(cam: Camera) -> torch.Tensor:
     return d_cam @ cam.viewmat[:3, :3]  # rows times R = R^T applied: camera -> world
 
 
-def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str) -> dict[str, torch.Tensor]:
+def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str,
+                    raw_fixed_geometry: bool = False) -> dict[str, torch.Tensor]:
     """Splat every PRD channel once; return per-pixel maps normalised by coverage.
+
+    ``raw_fixed_geometry``: splat the radiance field's colour in a second pass whose positions, shapes and
+    opacities are detached, so that the image loss moves the geometry only through the physical branch
+    (the radiance branch still learns its colour). One more rasterisation.
 
     Keys: the PBR_CHANNELS (normal renormalised), ``coverage`` (H, W, 1), ``depth`` (H, W, 1),
     ``position`` (H, W, 3) world space, ``view`` (H, W, 3) unit vector from the surface to the camera.
@@ -81,6 +86,9 @@ def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str)
         "progress": model.pbr("progress"), "normal": model.normals(cam.centre),
         "raw": eval_sh(model.sh, dirs, sh_degree).clamp_min(0),
     }
+    raw = feats["raw"]
+    if raw_fixed_geometry:
+        feats["raw"] = torch.zeros_like(raw)  # keeps the channel layout; filled by the second pass below
     stacked = torch.cat([feats[k] for k in PBR_CHANNELS], dim=1)
     out = rasterization(
         model.means, model.quats, model.scales, model.opacities, stacked, cam.viewmat, cam.K,
@@ -89,6 +97,12 @@ def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str)
     cov = out.alpha[..., None]
     maps = dict(zip(PBR_CHANNELS, torch.split(out.features / cov.clamp_min(1e-6), list(PBR_CHANNELS.values()), -1),
                     strict=True))
+    if raw_fixed_geometry:
+        fixed = rasterization(
+            model.means.detach(), model.quats.detach(), model.scales.detach(), model.opacities.detach(), raw,
+            cam.viewmat, cam.K, cam.width, cam.height, backend=backend,
+        )
+        maps["raw"] = fixed.features / fixed.alpha[..., None].clamp_min(1e-6)
     maps["normal"] = F.normalize(maps["normal"], dim=-1)
     maps["coverage"] = cov
     maps["depth"] = out.depth[..., None]
