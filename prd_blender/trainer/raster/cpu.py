@@ -121,6 +121,16 @@ def _row_span(geo, j, y, x0, x1):
 
 
 @njit(inline="always")
+def _tile_box(t, width, height, tile):
+    """Pixel box [x0, x1) x [y0, y1) of tile t (tiles numbered row by row), clipped to the image."""
+    tiles_x = (width + tile - 1) // tile
+    ty = t // tiles_x
+    x0 = (t - ty * tiles_x) * tile
+    y0 = ty * tile
+    return x0, min(width, x0 + tile), y0, min(height, y0 + tile)
+
+
+@njit(inline="always")
 def _pixel_alpha(geo, j, px, y):
     """Gaussian j's alpha at pixel (px, row centre y); 0 where the skip test or ALPHA_MIN drops it.
 
@@ -139,22 +149,18 @@ def _forward(means2d, conics, opac, feats, offsets, ids, tile_order, width, heig
     # Scanline order inside a tile: for each row, Gaussians front to back, each touching only the
     # pixels of its span. Every pixel still sees its Gaussians in depth order, so the result equals
     # the per-pixel loop of 3DGS, with far fewer evaluations.
-    tiles_x = (width + tile - 1) // tile
     n_ch = feats.shape[1]
     for i in prange(tile_order.shape[0]):
         t = tile_order[i]
-        ty = t // tiles_x
-        tx = t - ty * tiles_x
+        x0, x1, y0, y1 = _tile_box(t, width, height, tile)
         start = offsets[t]
         geo, f = _gather_tile(means2d, conics, opac, feats, ids, start, offsets[t + 1])
         n = geo.shape[0]
-        x0 = tx * tile
-        x1 = min(width, x0 + tile)
         acc = np.empty((tile, n_ch), np.float32)
         trans = np.empty(tile, np.float64)
         last = np.empty(tile, np.int64)
         done = np.empty(tile, np.bool_)
-        for py in range(ty * tile, min(height, (ty + 1) * tile)):
+        for py in range(y0, y1):
             y = py + 0.5
             acc[:] = 0.0
             trans[:] = 1.0
@@ -195,17 +201,13 @@ def _median_forward(means2d, conics, opac, depths, offsets, ids, tile_order, wid
     # Forward only: the depth of the Gaussian whose blending takes transmittance below 0.5, i.e. the first
     # surface a ray meets. Expected depth averages every layer a ray grazes, which fills a narrow crevice
     # (a ball resting in a bowl) with a meniscus of in-between depths.
-    tiles_x = (width + tile - 1) // tile
     for i in prange(tile_order.shape[0]):
         t = tile_order[i]
-        ty = t // tiles_x
-        tx = t - ty * tiles_x
+        x0, x1, y0, y1 = _tile_box(t, width, height, tile)
         geo, f = _gather_tile(means2d, conics, opac, depths, ids, offsets[t], offsets[t + 1])
         n = geo.shape[0]
-        x0 = tx * tile
-        x1 = min(width, x0 + tile)
         trans = np.empty(tile, np.float64)
-        for py in range(ty * tile, min(height, (ty + 1) * tile)):
+        for py in range(y0, y1):
             y = py + 0.5
             trans[:] = 1.0
             for px in range(x0, x1):
@@ -235,20 +237,16 @@ def _backward(
 ):
     # Same scanline order, back to front: each pixel revisits exactly the Gaussians it composited.
     # pg_geom columns: d mean x, d mean y, d conic a, d conic b, d conic c, d opacity
-    tiles_x = (width + tile - 1) // tile
     n_ch = feats.shape[1]
     for i in prange(tile_order.shape[0]):
         t = tile_order[i]
-        ty = t // tiles_x
-        tx = t - ty * tiles_x
+        x0, x1, y0, y1 = _tile_box(t, width, height, tile)
         start = offsets[t]
         geo, f = _gather_tile(means2d, conics, opac, feats, ids, start, offsets[t + 1])
-        x0 = tx * tile
-        x1 = min(width, x0 + tile)
         suffix = np.empty((tile, n_ch), np.float64)
         trans = np.empty(tile, np.float64)
         last = np.empty(tile, np.int64)
-        for py in range(ty * tile, min(height, (ty + 1) * tile)):
+        for py in range(y0, y1):
             y = py + 0.5
             suffix[:] = 0.0
             j_max = -1

@@ -20,7 +20,9 @@ import torch
 
 from ..train.sh import sh_basis
 
-__all__ = ["gaunt_tensor", "cosine_lobe_coeffs", "diffuse_irradiance", "irradiance_sh", "unoccluded_sh"]
+__all__ = [
+    "gaunt_tensor", "hemisphere_factors", "cosine_lobe_coeffs", "diffuse_irradiance", "irradiance_sh", "unoccluded_sh",
+]
 
 
 def _order_of(k: int) -> int:
@@ -51,9 +53,11 @@ def gaunt_tensor(order: int = 2) -> torch.Tensor:
     return g.float()
 
 
-@functools.lru_cache(maxsize=4)
-def _lobe_factors(order: int) -> torch.Tensor:
-    """A_l per coefficient (K,): the clamped-cosine convolution factors, by quadrature over z in [0, 1]."""
+@functools.lru_cache(maxsize=8)
+def hemisphere_factors(order: int, power: int = 1) -> torch.Tensor:
+    """a_l per coefficient (K,) of the zonal function max(n . w, 0)^power: its SH coefficients are
+    a_l Y_lm(n). power 1 is the clamped cosine (the A_l of irradiance), power 0 the half-space n . w > 0.
+    By quadrature over z in [0, 1]."""
     t, wt = np.polynomial.legendre.leggauss(16)
     z = torch.from_numpy(0.5 * (t + 1))  # nodes on [0, 1]
     wz = torch.from_numpy(0.5 * wt) * (2 * math.pi)  # dw = dz dphi; zonal: phi integrates to 2 pi
@@ -61,14 +65,14 @@ def _lobe_factors(order: int) -> torch.Tensor:
     y = sh_basis(dirs, order)
     out = []
     for band in range(order + 1):
-        k_l = (y[:, band * band + band] * z * wz).sum()  # m = 0 coefficient of the lobe
+        k_l = (y[:, band * band + band] * z**power * wz).sum()  # m = 0 coefficient along +z
         out += [float(math.sqrt(4 * math.pi / (2 * band + 1)) * k_l)] * (2 * band + 1)
     return torch.tensor(out, dtype=torch.float32)
 
 
 def cosine_lobe_coeffs(n: torch.Tensor, order: int = 2) -> torch.Tensor:
     """SH coefficients (P, K) of max(n . w, 0) for unit normals (P, 3)."""
-    return sh_basis(n, order) * _lobe_factors(order).to(n.device, n.dtype)
+    return sh_basis(n, order) * hemisphere_factors(order).to(n.device, n.dtype)
 
 
 def unoccluded_sh(order: int = 2) -> torch.Tensor:

@@ -18,29 +18,14 @@ only where other parts of the object block the sky.
 
 from __future__ import annotations
 
-import functools
 import math
 
-import numpy as np
 import torch
 
 from ..train.sh import sh_basis
+from .diffuse import hemisphere_factors
 
 __all__ = ["specular_visibility"]
-
-
-@functools.lru_cache(maxsize=4)
-def _half_space_factors(order: int) -> torch.Tensor:
-    """a_l per coefficient (K,): the half-space {w : n . w > 0} has SH coefficients a_l Y_lm(n)."""
-    t, wt = np.polynomial.legendre.leggauss(24)
-    z = torch.from_numpy(0.5 * (t + 1))  # nodes on [0, 1]
-    wz = torch.from_numpy(0.5 * wt) * (2 * math.pi)
-    y = sh_basis(torch.stack([torch.sqrt(1 - z * z), torch.zeros_like(z), z], dim=-1), order)
-    out = []
-    for band in range(order + 1):
-        g = (y[:, band * band + band] * wz).sum()  # m = 0 coefficient of the step along +z
-        out += [float(math.sqrt(4 * math.pi / (2 * band + 1)) * g)] * (2 * band + 1)
-    return torch.tensor(out, dtype=torch.float32)
 
 
 def specular_visibility(v_sh: torch.Tensor, normal: torch.Tensor, refl: torch.Tensor,
@@ -57,6 +42,7 @@ def specular_visibility(v_sh: torch.Tensor, normal: torch.Tensor, refl: torch.Te
     alpha = roughness.reshape(-1, 1).to(v_sh.dtype) ** 2
     lobe = y_r * torch.exp(-band * (band + 1) * alpha * alpha)  # s^2 / 2 = alpha^2
     seen = (v_sh * lobe).sum(-1, keepdim=True)
-    horizon = sh_basis(normal, order).to(v_sh.dtype) * _half_space_factors(order).to(v_sh.device, v_sh.dtype)
+    half_space = hemisphere_factors(order, power=0).to(v_sh.device, v_sh.dtype)
+    horizon = sh_basis(normal, order).to(v_sh.dtype) * half_space
     own = (horizon * lobe).sum(-1, keepdim=True)
     return (seen / own.clamp(0.25, 1.0)).clamp(0, 1)  # both ring above 1 near the normal
