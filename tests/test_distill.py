@@ -223,3 +223,17 @@ def test_raw_fixed_geometry_keeps_the_image_and_cuts_the_geometry_gradient():
     assert grads[True]["means"] is None or grads[True]["means"].abs().sum() == 0
     assert grads[True]["opacities"] is None or grads[True]["opacities"].abs().sum() == 0
     assert grads[True]["sh0"].abs().sum() > 0
+
+
+def test_metallic_prior_spares_smooth_metal_and_leaves_roughness_alone():
+    from prd_blender.trainer.train.distill import metallic_prior
+
+    rough = torch.tensor([[[0.1], [0.9]]]).requires_grad_(True)  # one smooth, one rough pixel
+    metal = torch.ones(1, 2, 1, requires_grad=True)
+    maps = {"roughness": rough, "metallic": metal, "coverage": torch.ones(1, 2, 1)}
+    for power, ratio in ((0.0, 1.0), (2.0, (0.1 / 0.9) ** 2)):
+        metal.grad = None
+        metallic_prior(maps, power).backward()
+        g = metal.grad[0, :, 0]
+        assert g[1] > 0 and torch.isclose(g[0] / g[1], torch.tensor(ratio)), (power, g)
+        assert rough.grad is None  # the prior never pushes roughness

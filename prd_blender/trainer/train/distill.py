@@ -80,6 +80,9 @@ class DistillConfig:
     # A rough metal with the same albedo shades almost like a diffuse surface under one light, so nothing
     # in the images separates them; most surfaces are dielectric. 0 turns it off.
     metallic_weight: float = 0.0
+    # The prior's per-pixel weight is roughness ** power: 0 weighs every pixel alike; higher powers spare
+    # smooth metals, whose mirror-like reflections no dielectric explains.
+    metallic_prior_power: float = 0.0
     # Specular occlusion (shading.specular_occlusion) from stage 3 on. Off: measured with ground-truth inputs
     # it lowers the shading model's ceiling on every object (glossy -4.5 dB under the training HDRI), because
     # what blocks the sky is more of the lit object, which this model has no indirect light for
@@ -130,6 +133,16 @@ def tonemap(x: torch.Tensor, kind: str) -> torch.Tensor:
 
         return aces_filmic(x)
     raise ValueError(f"unknown tone map {kind!r}")
+
+
+def metallic_prior(maps: dict[str, torch.Tensor], power: float) -> torch.Tensor:
+    """The dielectric prior: mean splatted metallic over the object, each pixel weighted by roughness ** power.
+
+    Rough surfaces are where metal and dielectric look alike under one light; a smooth metal's sharp
+    reflection is evidence no dielectric explains, so a power > 0 spares it. Roughness is detached: the prior
+    must not buy itself a lower value by making surfaces smoother."""
+    gate = maps["roughness"].detach() ** power
+    return (maps["metallic"] * gate * maps["coverage"]).mean()
 
 
 def shade_maps(
@@ -336,7 +349,7 @@ def train_distill(
                 loss = loss + cfg.mask_weight * ((splat_progress - target) ** 2).mean()
                 loss = loss + cfg.light_weight * light_grey_loss(light)
             if stage >= 3 and cfg.metallic_weight > 0:
-                loss = loss + cfg.metallic_weight * (maps["metallic"] * maps["coverage"]).mean()
+                loss = loss + cfg.metallic_weight * metallic_prior(maps, cfg.metallic_prior_power)
             loss.backward()
             for o in opt.values():
                 o.step()
