@@ -95,6 +95,38 @@ def test_repair_and_fill_holes():
     assert S.edge_report(f3)["watertight"]
 
 
+def test_repair_separates_two_solids_touching_along_an_edge():
+    # Two closed octahedra sharing one edge (4 faces on it), as two sheets of a crease can after
+    # decimation (glossy benchmark, mesh run 6): removing and refilling faces there pinches again, so repair
+    # must split the shared vertices instead; both solids stay whole and closed.
+    v = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float)
+    f = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    # |x| + |y| + |z| <= 1 and the same moved by t: they meet only along the edge from (1, 0, 0) to (0, 0, 1),
+    # which is the second one's edge from its vertex 5 to its vertex 1
+    t = np.array([1.0, 0, 1])
+    verts = np.concatenate([v, v + t])
+    remap = np.array([6, 4, 8, 9, 10, 0])  # the second one's vertices 1 and 5 are the first one's 4 and 0
+    f2 = remap[f]
+    faces = np.concatenate([f, f2])
+    rep = S.edge_report(faces)
+    assert rep["nonmanifold_edges"] == 1 and not rep["watertight"]
+    v3, f3 = S.unpinch(verts, faces)
+    assert S.edge_report(f3)["watertight"] and len(f3) == 16 and len(v3) == 12
+    np.testing.assert_allclose(np.sort(v3, 0), np.sort(verts, 0), atol=0.1)  # copies step 0.07 into each solid
+    assert 0.9 * 2 * S.signed_volume(v, f) < S.signed_volume(v3, f3) < 2 * S.signed_volume(v, f)
+    # apart in space too: welding by position (as the mesh benchmark does across UV seams) keeps it closed
+    _, weld = np.unique(v3.round(9), axis=0, return_inverse=True)
+    assert S.edge_report(weld.reshape(-1)[f3])["watertight"]
+    v4, f4 = S.repair(verts, faces)
+    assert S.edge_report(f4)["watertight"]
+    # a mesh that is already manifold comes back as it was
+    v5, f5 = S.unpinch(v, f)
+    np.testing.assert_array_equal(v5[f5], v[f])
+    # inward winding (repair runs before the mesh is turned outward): the copies still move into their solid
+    v6, f6 = S.unpinch(verts, faces[:, ::-1])
+    assert 0.9 * 2 * S.signed_volume(v, f) < -S.signed_volume(v6, f6) < 2 * S.signed_volume(v, f)
+
+
 def _with(model, **changes):
     params = {k: v.detach().clone() for k, v in model.params.items()}
     params.update(changes)

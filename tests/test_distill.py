@@ -175,7 +175,7 @@ def test_bench_overrides_parse_by_field_type():
 
 def test_specular_visibility_flag_darkens_only_occluded_reflections():
     """shade_maps with ``specular_visibility``: a pixel whose reflection points into a blocked half of the
-    sky loses specular light, one reflecting into the open sky keeps it; the default leaves both alone."""
+    sky loses specular light, one reflecting into the open sky keeps it; without it both are left alone."""
     import dataclasses
 
     from sh_util import project_sh
@@ -193,7 +193,8 @@ def test_specular_visibility_flag_darkens_only_occluded_reflections():
             "metallic": torch.ones(1, 2, 1), "normal": torch.tensor([[[0.0, 0, 1], [0.0, 0, 1]]]), "view": view,
             "position": torch.zeros(1, 2, 3), "progress": torch.ones(1, 2, 1), "raw": torch.zeros(1, 2, 3)}
     light, lut = EnvironmentLight(16, init=1.0), get_brdf_lut(64, 256, cache_dir=None)
-    cfg = DistillConfig(visibility_offset=0.0)  # read the one cell at the point itself
+    # read the one cell at the point itself; no bounce, so the occlusion shows alone
+    cfg = DistillConfig(visibility_offset=0.0, specular_visibility=False, indirect=0.0)
     plain = shade_maps(maps, light, lut, vis, 4, cfg)["phy"]
     occluded = shade_maps(maps, light, lut, vis, 4, dataclasses.replace(cfg, specular_visibility=True))["phy"]
     assert occluded[0, 0].mean() < 0.7 * plain[0, 0].mean()  # towards the wall
@@ -237,3 +238,16 @@ def test_metallic_prior_spares_smooth_metal_and_leaves_roughness_alone():
         g = metal.grad[0, :, 0]
         assert g[1] > 0 and torch.isclose(g[0] / g[1], torch.tensor(ratio)), (power, g)
         assert rough.grad is None  # the prior never pushes roughness
+
+
+def test_config_from_an_older_run_keeps_the_shading_it_was_trained_with():
+    """run.json written before ``indirect`` existed: relighting it must not switch the bounce on, a field
+    the trainer dropped is ignored, and a current run's config comes back unchanged."""
+    import dataclasses
+
+    current = dataclasses.asdict(DistillConfig(stage2=7))
+    assert DistillConfig.from_run(current) == DistillConfig(stage2=7)
+    old = {k: v for k, v in current.items() if k not in ("indirect", "specular_visibility")} | {"gone": 1}
+    cfg = DistillConfig.from_run(old)
+    assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.stage2 == 7
+    assert DistillConfig().indirect > 0 and DistillConfig().specular_visibility  # what a new run gets

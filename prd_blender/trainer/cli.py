@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser(),
                      help="output of scripts/make_relight_benchmark.py")
     brl.add_argument("--objects", default="diffuse,glossy,mixed")
-    brl.add_argument("--variants", default="prd,direct,no_losses")
+    brl.add_argument("--variants", default="prd,direct,no_losses",
+                     help="comma-separated: prd, direct, no_losses; empty (\"\") for the ceiling alone")
     brl.add_argument("--iterations", type=int, default=3000, help="stage-1 iterations")
     brl.add_argument("--distill-iterations", type=int, default=1000, help="iterations of each of stages 2-4")
     brl.add_argument("--hdri-dir", type=Path, default=Path("../shared/data/hdri"))
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {k: v for k, v in (("normal_weight", args.normal_weight),
                                            ("visibility_resolution", args.visibility_resolution)) if v is not None}
             overrides.update(parse_overrides(args.set))
-            bench_relight(args.data, args.objects.split(","), args.variants.split(","), args.iterations,
+            variants = [v for v in args.variants.split(",") if v]
+            bench_relight(args.data, args.objects.split(","), variants, args.iterations,
                           args.distill_iterations, args.hdri_dir, args.json, args.stage1_cache, **overrides)
     except (CaptureError, OutputFolderError) as exc:
         print(f"prd: error: {exc}", file=sys.stderr)

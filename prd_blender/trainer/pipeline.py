@@ -53,7 +53,7 @@ def run_train(
         background = tuple(run["background"]) if run["background"] else None
         hold_out_every = run["hold_out_every"]
         config = Stage1Config.from_dict(run["config"])
-        distill = DistillConfig(**run["distill"]) if run.get("distill") else None
+        distill = DistillConfig.from_run(run["distill"]) if run.get("distill") else None
         if iterations is not None:
             config.iterations = iterations
     progress = Progress(out / "progress.jsonl", quiet=quiet)
@@ -161,7 +161,7 @@ def run_eval(out: Path, device: str = "auto") -> dict:
         from .shading.hdr_io import read_exr
         from .shading.visibility import VisibilityGrid
 
-        cfg = DistillConfig(**run["distill"])
+        cfg = DistillConfig.from_run(run["distill"])
         light = EnvironmentLight(cfg.light_resolution, init=read_exr(out / manifest["files"]["environment"]))
         vis = VisibilityGrid.load(out / manifest["files"]["visibility"])
         ev = evaluate_distilled(model, light, vis, test_views, cfg, backend, cap.background)

@@ -54,7 +54,7 @@ def run_relight(
     if "environment" not in manifest.get("files", {}):
         raise OutputFolderError(f"{out} holds no distilled materials yet (train all four stages first)")
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    cfg = DistillConfig(**run["distill"])
+    cfg = DistillConfig.from_run(run["distill"])
     model = Gaussians.load_ply(out / manifest["files"]["gaussians"])
     vis = VisibilityGrid.load(out / manifest["files"]["visibility"])
     env = rotated_environment(read_image(hdri), rotation, strength)

@@ -217,8 +217,6 @@ def _ground_truth(view, light_name: str, obj) -> tuple[np.ndarray, np.ndarray]:
 def gaussian_relight(run: Path, obj, test_views, lights: list[dict], frames: list[int]) -> dict[str, list[float]]:
     """Per lighting, the PSNR of the Gaussians' I_phy (the trained run's own shading, lit by the HDRI as the
     GT was) on the chosen test views."""
-    import dataclasses
-
     from ..outputs import read_manifest
     from ..shading.brdf_lut import get_brdf_lut
     from ..shading.envmap import EnvironmentLight
@@ -229,10 +227,7 @@ def gaussian_relight(run: Path, obj, test_views, lights: list[dict], frames: lis
     from ..train.render import Camera, render_pbr_maps
 
     files = read_manifest(run)["files"]
-    known = {f.name for f in dataclasses.fields(DistillConfig)}
-    # fields added to the trainer after the run was made keep their defaults; dropped ones are ignored
-    cfg = DistillConfig(**{k: v for k, v in json.loads((run / "run.json").read_text())["distill"].items()
-                           if k in known})
+    cfg = DistillConfig.from_run(json.loads((run / "run.json").read_text())["distill"])
     model = Gaussians.load_ply(run / files["gaussians"])
     vis = VisibilityGrid.load(run / files["visibility"])
     lut = get_brdf_lut()
@@ -369,8 +364,9 @@ HEADER = ["object", "chamfer %", "watertight", "faces", "train s", "bake s", "al
 def table_rows(name: str, r: dict) -> list[list]:
     """One row per HDRI (the geometry columns on the first)."""
     bake_s = sum(r["bake_seconds"].values())
-    first = [name, f"{r['chamfer_pct']:.2f}", "yes" if r["watertight"] else f"no ({r['boundary_edges']} open)",
-             r["faces"], f"{r['train_seconds']:.0f}", f"{bake_s:.0f}",
+    tight = "yes" if r["watertight"] else (f"no ({r['boundary_edges']} open, {r['nonmanifold_edges']} pinched, "
+                                           f"{r['inconsistent_winding']} flipped edges)")
+    first = [name, f"{r['chamfer_pct']:.2f}", tight, r["faces"], f"{r['train_seconds']:.0f}", f"{bake_s:.0f}",
              f"{r['albedo_psnr_baked']:.2f} / {r['albedo_psnr_gaussians']:.2f}"]
     hd = r.get("cycles", {}).get("hdris", {})
     if not hd:

@@ -76,10 +76,14 @@ def bench_relight(
     hdri_dir: Path, json_path: Path | None, stage1_cache: Path | None = None, **distill_overrides,
 ) -> dict:
     """``distill_overrides``: DistillConfig fields (e.g. normal_weight, visibility_resolution) for every variant.
+    With no variants only the ceiling (ground-truth inputs under the overridden shading settings) is computed.
 
     ``stage1_cache``: a folder where each object's stage-1 model is kept (keyed by object and iteration
     count) and reused, so that experiments on stages 2-4 do not retrain stage 1.
     """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
     n = distill_iterations
     base = DistillConfig(**{"stage2": n, "stage3": n, "stage4": n, **distill_overrides})  # --set may shorten a stage
     results: dict = {
@@ -92,10 +96,12 @@ def bench_relight(
         test = load_capture(obj.test_transforms).views
         prog = Progress(None, quiet=True)
         s1 = Stage1Config(iterations=iterations)
+        per: dict = {"variants": {}}
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            model1, t_stage1 = _stage1(train, s1, tmp, prog, stage1_cache, name)
-            per = {"stage1_seconds": round(t_stage1, 1), "variants": {}}
+            if variants:  # none: only the shading model's ceiling, no training
+                model1, t_stage1 = _stage1(train, s1, tmp, prog, stage1_cache, name)
+                per["stage1_seconds"] = round(t_stage1, 1)
             for var in variants:
                 cfg = dataclasses.replace(base, variant=var)
                 t1 = time.time()

@@ -3,8 +3,8 @@
 Albedo, roughness, metallic and normals come from Cycles' passes, the light is the true HDRI, the
 visibility grid is baked from the true mesh (each triangle as a flat, opaque Gaussian) and positions come
 from rasterising that mesh. What is left between this and Cycles is what split-sum specular, SH-order-2
-visibility and single-bounce shading cannot represent (hard sun shadows, inter-reflection, grazing lobes):
-no training can beat it, so it is reported next to the trained variants.
+visibility and the approximate one-bounce indirect term cannot represent (hard sun shadows, the true
+inter-reflection, grazing lobes): no training can beat it, so it is reported next to the trained variants.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
 - ``brdf_lut``: the split-sum BRDF table, computed by the project.
 - ``diffuse``: irradiance with visibility in SH (Gaunt triple product).
 - ``visibility``: visibility SH baked on a grid from the Gaussians.
+- ``specular_occlusion``: how much of the reflection lobe that visibility leaves open.
+- ``indirect``: one bounce off the object itself where the visibility blocks the sky.
 - ``shade``: the deferred shader and tone maps.
 """
 
