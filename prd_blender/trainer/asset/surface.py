@@ -613,9 +613,9 @@ def unpinch(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.nda
     r1, r2 = rows[0::2], rows[1::2]  # the two faces of each two-face edge
     src, dst = [], []
     for end in (0, 1):  # join the two faces' corners at each end of the edge
-        v = und[r1, end][:, None]
-        src.append(fid[r1] * 3 + (faces[fid[r1]] == v).argmax(1))
-        dst.append(fid[r2] * 3 + (faces[fid[r2]] == v).argmax(1))
+        at = und[r1, end][:, None]
+        src.append(fid[r1] * 3 + (faces[fid[r1]] == at).argmax(1))
+        dst.append(fid[r2] * 3 + (faces[fid[r2]] == at).argmax(1))
     src, dst = np.concatenate(src), np.concatenate(dst)
     g = coo_matrix((np.ones(len(src)), (src, dst)), shape=(3 * nf, 3 * nf))
     _, label = connected_components(g, directed=False)  # one label per fan of corners around a vertex
@@ -624,13 +624,13 @@ def unpinch(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.nda
     out = vertices[orig].astype(np.float64)
     shared = np.bincount(orig, minlength=len(vertices))[orig] > 1
     if shared.any():
-        v = vertices[faces]
-        fn = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+        tri = vertices[faces]
+        fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
         n = np.zeros_like(out)
         np.add.at(n, label, np.repeat(fn, 3, axis=0))  # corner k belongs to face k // 3
         n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-20)
         outward = 1.0 if signed_volume(vertices, faces) >= 0 else -1.0  # the winding is not fixed yet here
-        step = 0.05 * float(np.linalg.norm(v[:, 1] - v[:, 0], axis=1).mean())
+        step = 0.05 * float(np.linalg.norm(tri[:, 1] - tri[:, 0], axis=1).mean())
         out[shared] -= outward * step * n[shared]
     return out, label.reshape(nf, 3).astype(np.int64)
 
