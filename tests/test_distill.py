@@ -173,6 +173,18 @@ def test_bench_overrides_parse_by_field_type():
         parse_overrides(["no_such_field=1"])
 
 
+def test_bench_relight_seeds_parse(capsys):
+    from prd_blender.trainer.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["bench", "relight"]).seeds == [0]
+    assert parse(["bench", "relight", "--seeds", "0,1,2"]).seeds == [0, 1, 2]
+    for bad in ("0,0", "a", ""):
+        with pytest.raises(SystemExit):
+            parse(["bench", "relight", "--seeds", bad])
+        assert "seeds are distinct integers" in capsys.readouterr().err
+
+
 def test_specular_visibility_flag_darkens_only_occluded_reflections():
     """shade_maps with ``specular_visibility``: a pixel whose reflection points into a blocked half of the
     sky loses specular light, one reflecting into the open sky keeps it; without it both are left alone."""

@@ -177,3 +177,35 @@ def test_indirect_bounce_raises_the_ceiling_on_the_concave_object(quick_bench: P
         assert bounce[key] > occluded[key] + 0.4, (key, occluded, bounce)
     with pytest.raises(ValueError, match="unknown variant"):
         bench_relight(quick_bench, ["mixed"], ["prd", "nope"], 10, 10, HDRI_DIR, None)
+
+
+def test_bench_relight_trains_and_records_every_variant(quick_bench: Path, tmp_path: Path) -> None:
+    # The benchmark's own training path, tiny: two variants on one stage 1 (cached on disk and reused),
+    # each scored per relighting HDRI, and the means in the JSON record.
+    from prd_blender.trainer.bench.relight import bench_relight
+
+    cache, out = tmp_path / "s1", tmp_path / "rec.json"
+    small = {"visibility_resolution": 32, "light_resolution": 16}
+    rec = bench_relight(quick_bench, ["diffuse"], ["prd", "direct"], 20, 6, HDRI_DIR, out, stage1_cache=cache, **small)
+    assert len(list(cache.glob("diffuse_stage1_20.pt"))) == 1
+    per = rec["objects"]["diffuse"]
+    for var in ("prd", "direct"):
+        met = per["variants"][var]
+        hdris = met["relight_psnr_per_hdri"]
+        assert sorted(hdris) == ["quarry_01_1k", "spruit_sunrise_1k"]
+        assert met["relight_psnr"] == pytest.approx(np.mean(list(hdris.values())))
+        assert 5 < met["relight_psnr"] < 60 and 5 < met["nvs_psnr"] < 60 and 0 <= met["roughness_mae"] <= 1
+        assert rec["mean"][var]["relight_psnr"] == pytest.approx(met["relight_psnr"])  # one object
+    assert json.loads(out.read_text())["objects"]["diffuse"]["variants"]["prd"]["relight_psnr_per_hdri"]
+    # the second run loads stage 1 from the cache (recording its original seconds) and trains two seeds
+    again = bench_relight(quick_bench, ["diffuse"], ["direct"], 20, 6, HDRI_DIR, None, stage1_cache=cache,
+                          seeds=[0, 1], **small)
+    obj = again["objects"]["diffuse"]
+    assert obj["stage1_seconds"] == per["stage1_seconds"] and again["seeds"] == [0, 1]
+    two = obj["variants"]["direct"]
+    assert sorted(two["per_seed"]) == [0, 1]
+    for key in ("relight_psnr", "albedo_psnr", "normal_deg"):
+        assert two[key] == pytest.approx(np.mean([two["per_seed"][s][key] for s in (0, 1)]))
+    assert two["per_seed"][0]["relight_psnr"] != two["per_seed"][1]["relight_psnr"]  # the seed matters
+    with pytest.raises(ValueError, match="seeds"):
+        bench_relight(quick_bench, ["diffuse"], ["direct"], 20, 6, HDRI_DIR, None, seeds=[1, 1])

@@ -24,6 +24,16 @@ def _background(text: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError("seeds are distinct integers separated by commas, e.g. 0,1,2")
+    return seeds
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``FIELD=VALUE`` strings -> DistillConfig overrides, each value parsed as the field's type."""
     import dataclasses
@@ -149,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a DistillConfig field for every variant (repeatable), e.g. metallic_stage3=0.1")
     brl.add_argument("--stage1-cache", type=Path, help="keep/reuse each object's stage-1 model in this folder")
+    brl.add_argument("--seeds", type=_seeds, default=[0],
+                     help="comma-separated seeds: stages 2-4 are trained once per seed, metrics are the means")
     brl.add_argument("--json", type=Path, default=Path("docs/benchmarks/relight.json"))
     bm = bsub.add_parser("mesh", help="baked mesh vs ground-truth geometry and albedo on the synthetic objects")
     bm.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser())
@@ -254,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.update(parse_overrides(args.set))
             variants = [v for v in args.variants.split(",") if v]
             bench_relight(args.data, args.objects.split(","), variants, args.iterations,
-                          args.distill_iterations, args.hdri_dir, args.json, args.stage1_cache, **overrides)
+                          args.distill_iterations, args.hdri_dir, args.json, args.stage1_cache, args.seeds, **overrides)
     except (CaptureError, OutputFolderError) as exc:
         print(f"prd: error: {exc}", file=sys.stderr)
         return 2

@@ -541,11 +541,17 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-20)
 
 
+def edge_table(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The directed half-edges of ``faces`` (3F, 2: all first edges, then all second, then all third), the
+    index of each half-edge's undirected edge (3F,) and how many half-edges each undirected edge has."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    _, inv, counts = np.unique(np.sort(e, axis=1), axis=0, return_inverse=True, return_counts=True)
+    return e, inv.ravel(), counts
+
+
 def edge_report(faces: np.ndarray) -> dict:
     """Watertightness: every undirected edge should have exactly two faces, used once in each direction."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    und = np.sort(e, axis=1)
-    _, counts = np.unique(und, axis=0, return_counts=True)
+    e, _, counts = edge_table(faces)
     _, dcounts = np.unique(e, axis=0, return_counts=True)
     boundary = int((counts == 1).sum())
     nonmanifold = int((counts > 2).sum())
@@ -558,10 +564,8 @@ def edge_report(faces: np.ndarray) -> dict:
 
 def fill_holes(vertices: np.ndarray, faces: np.ndarray, max_edges: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Close boundary loops of up to ``max_edges`` edges with a fan around the loop's centroid."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    und = np.sort(e, axis=1)
-    _, inv, counts = np.unique(und, axis=0, return_inverse=True, return_counts=True)
-    boundary = e[counts[inv.ravel()] == 1]
+    e, inv, counts = edge_table(faces)
+    boundary = e[counts[inv] == 1]
     if len(boundary) == 0:
         return vertices, faces
     nxt: dict[int, list[int]] = {}
@@ -603,11 +607,9 @@ def unpinch(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.nda
     from scipy.sparse.csgraph import connected_components
 
     nf = len(faces)
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    fid = np.tile(np.arange(nf), 3)
+    e, inv, cnt = edge_table(faces)
     und = np.sort(e, axis=1)
-    _, inv, cnt = np.unique(und, axis=0, return_inverse=True, return_counts=True)
-    inv = inv.ravel()
+    fid = np.tile(np.arange(nf), 3)
     rows = np.flatnonzero(cnt[inv] == 2)
     rows = rows[np.argsort(inv[rows], kind="stable")]
     r1, r2 = rows[0::2], rows[1::2]  # the two faces of each two-face edge
@@ -649,11 +651,10 @@ def repair(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndar
         key = np.sort(faces, 1)
         _, inv, c = np.unique(key, axis=0, return_inverse=True, return_counts=True)
         bad_face = c[inv.ravel()] > 1
-        e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-        _, einv, ecount = np.unique(np.sort(e, 1), axis=0, return_inverse=True, return_counts=True)
+        e, einv, ecount = edge_table(faces)
         _, dinv, dcount = np.unique(e, axis=0, return_inverse=True, return_counts=True)
         # boundary edges too: a hole an earlier round could not fill
-        bad_edge = (ecount[einv.ravel()] != 2) | (dcount[dinv.ravel()] > 1)
+        bad_edge = (ecount[einv] != 2) | (dcount[dinv.ravel()] > 1)
         bad_face |= bad_edge.reshape(3, -1).any(0)
         if not bad_face.any():
             break

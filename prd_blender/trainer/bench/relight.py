@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
         relights[h] = EnvironmentLight(cfg.light_resolution, init=env)
     m = {"nvs_psnr": [], "relight_psnr": [], "albedo_psnr": [], "normal_deg": [], "roughness_mae": [],
          "metallic_mae": [], "progress_mean": []}
+    per_hdri: dict[str, list[float]] = {h: [] for h in relights}
     for view, gt in zip(test_views, obj.views, strict=True):
         cam = Camera.from_view(view)
         maps = render_pbr_maps(model, cam, cfg.sh_degree, "cpu")
@@ -64,30 +66,42 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
                 # The light/albedo scale is ambiguous: fit it per channel in linear, compare in display space.
                 s = scale_fit(phy, gt.relit_linear[h][..., :3], mask)
                 pred = linear_to_srgb(torch.from_numpy(np.clip(phy * s, 0, 1))).numpy()
-                m["relight_psnr"].append(psnr(pred, gt.relit[h][..., :3], mask))
+                per_hdri[h].append(psnr(pred, gt.relit[h][..., :3], mask))
             else:
                 pred = linear_to_srgb(torch.from_numpy(np.clip(phy, 0, 1))).numpy()
-                m["relight_psnr"].append(scale_fit_psnr(pred, gt.relit[h][..., :3], mask))
-    return {k: float(np.mean(v)) for k, v in m.items()}
+                per_hdri[h].append(scale_fit_psnr(pred, gt.relit[h][..., :3], mask))
+            m["relight_psnr"].append(per_hdri[h][-1])
+    # per HDRI as well: a hard sun (quarry) and a soft sky fail differently
+    return {**{k: float(np.mean(v)) for k, v in m.items()},
+            "relight_psnr_per_hdri": {h: float(np.mean(v)) for h, v in per_hdri.items()}}
 
 
 def bench_relight(
     data: Path, objects: list[str], variants: list[str], iterations: int, distill_iterations: int,
-    hdri_dir: Path, json_path: Path | None, stage1_cache: Path | None = None, **distill_overrides,
+    hdri_dir: Path, json_path: Path | None, stage1_cache: Path | None = None, seeds: Sequence[int] = (0,),
+    **distill_overrides,
 ) -> dict:
     """``distill_overrides``: DistillConfig fields (e.g. normal_weight, visibility_resolution) for every variant.
     With no variants only the ceiling (ground-truth inputs under the overridden shading settings) is computed.
 
     ``stage1_cache``: a folder where each object's stage-1 model is kept (keyed by object and iteration
     count) and reused, so that experiments on stages 2-4 do not retrain stage 1.
+
+    ``seeds``: stages 2-4 of every variant are trained once per seed (the order the training views are
+    visited in) on the same stage 1. With several, a variant's metrics are the means over the seeds, and
+    each seed's are kept under ``per_seed``: differences between variants can be read against the spread.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     n = distill_iterations
     base = DistillConfig(**{"stage2": n, "stage3": n, "stage4": n, **distill_overrides})  # --set may shorten a stage
     results: dict = {
         "objects": {}, "iterations": iterations, "distill_iterations": n, "distill_config": dataclasses.asdict(base),
+        "seeds": seeds,
     }
     rows = []
     for name in objects:
@@ -104,13 +118,17 @@ def bench_relight(
                 per["stage1_seconds"] = round(t_stage1, 1)
             for var in variants:
                 cfg = dataclasses.replace(base, variant=var)
-                t1 = time.time()
-                model, light, vis, _ = train_distill(
-                    train, copy.deepcopy(model1), cfg, tmp, prog, "cpu", (1.0, 1.0, 1.0), camera_extent(train)
-                )
-                secs = time.time() - t1
-                met = evaluate_object(model, light, vis, cfg, obj, test, hdri_dir)
-                met["train_seconds"] = round(t_stage1 + secs, 1)
+                runs = {}
+                for seed in seeds:
+                    t1 = time.time()
+                    model, light, vis, _ = train_distill(
+                        train, copy.deepcopy(model1), cfg, tmp, prog, "cpu", (1.0, 1.0, 1.0), camera_extent(train),
+                        seed=seed,
+                    )
+                    secs = time.time() - t1
+                    runs[seed] = evaluate_object(model, light, vis, cfg, obj, test, hdri_dir)
+                    runs[seed]["train_seconds"] = round(t_stage1 + secs, 1)
+                met = runs[seeds[0]] if len(seeds) == 1 else {**_mean_metrics(list(runs.values())), "per_seed": runs}
                 per["variants"][var] = met
                 rows.append([name, VARIANTS[var], f"{met['nvs_psnr']:.2f}", f"{met['relight_psnr']:.2f}",
                              f"{met['albedo_psnr']:.2f}", f"{met['normal_deg']:.1f}", f"{met['roughness_mae']:.3f}",
@@ -121,15 +139,22 @@ def bench_relight(
                      "-", "-", "-", "-", "-"])
         print(table(rows[-1:], HEADER), flush=True)
         results["objects"][name] = per
-    means = {}
-    for var in variants:
-        vals = [results["objects"][o]["variants"][var] for o in objects]
-        means[var] = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
-    results["mean"] = means
+    results["mean"] = {var: _mean_metrics([results["objects"][o]["variants"][var] for o in objects], scalars=True)
+                       for var in variants}
     results["mean_ceiling_relight_psnr"] = float(np.mean([results["objects"][o]["ceiling"]["relight_psnr"]
                                                           for o in objects]))
     print(table(rows, HEADER))
     return record(json_path, results)
+
+
+def _mean_metrics(mets: list[dict], scalars: bool = False) -> dict:
+    """The mean of each metric over several evaluations (seeds, or objects with ``scalars``: the per-HDRI
+    figures of different objects are not averaged, their HDRIs may differ)."""
+    out: dict = {k: float(np.mean([m[k] for m in mets])) for k, v in mets[0].items() if isinstance(v, (int, float))}
+    if not scalars:
+        hdris = mets[0]["relight_psnr_per_hdri"]
+        out["relight_psnr_per_hdri"] = {h: float(np.mean([m["relight_psnr_per_hdri"][h] for m in mets])) for h in hdris}
+    return out
 
 
 def _stage1(train, s1: Stage1Config, tmp: Path, prog: Progress, cache: Path | None, name: str):

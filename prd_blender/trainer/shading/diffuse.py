@@ -21,11 +21,13 @@ import torch
 from ..train.sh import sh_basis
 
 __all__ = [
-    "gaunt_tensor", "hemisphere_factors", "cosine_lobe_coeffs", "diffuse_irradiance", "irradiance_sh", "unoccluded_sh",
+    "gaunt_tensor", "sh_order", "hemisphere_factors", "cosine_lobe_coeffs", "diffuse_irradiance", "irradiance_sh",
+    "unoccluded_sh",
 ]
 
 
-def _order_of(k: int) -> int:
+def sh_order(k: int) -> int:
+    """The SH order (0-3) of ``k`` coefficients per channel."""
     order = math.isqrt(k) - 1
     if (order + 1) ** 2 != k or order not in (0, 1, 2, 3):
         raise ValueError(f"{k} SH coefficients is not a supported order (1, 4, 9 or 16)")
@@ -84,7 +86,7 @@ def unoccluded_sh(order: int = 2) -> torch.Tensor:
 
 def irradiance_sh(n: torch.Tensor, l_sh: torch.Tensor) -> torch.Tensor:
     """Classic irradiance (P, 3) from light SH (K, 3) without visibility: sum_k A_l L_k Y_k(n)."""
-    order = _order_of(l_sh.shape[0])
+    order = sh_order(l_sh.shape[0])
     return cosine_lobe_coeffs(n, order) @ l_sh
 
 
@@ -94,7 +96,7 @@ def diffuse_irradiance(n: torch.Tensor, v_sh: torch.Tensor, l_sh: torch.Tensor) 
     k = v_sh.shape[-1]
     if l_sh.shape[0] != k:
         raise ValueError(f"visibility has {k} SH coefficients but the light has {l_sh.shape[0]}")
-    order = _order_of(k)
+    order = sh_order(k)
     g = gaunt_tensor(order).to(l_sh.device, l_sh.dtype)
     c = cosine_lobe_coeffs(n, order).to(v_sh.dtype)  # (P, K)
     # H[i, k, ch] = sum_j G_ijk L_j: contracting the light first keeps per-pixel memory at (P, K).

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .diffuse import _order_of, diffuse_irradiance, hemisphere_factors, irradiance_sh, unoccluded_sh
+from .diffuse import diffuse_irradiance, hemisphere_factors, irradiance_sh, sh_order, unoccluded_sh
 
 __all__ = ["bounce_sh", "indirect_irradiance", "indirect_radiance"]
 
@@ -28,7 +28,7 @@ __all__ = ["bounce_sh", "indirect_irradiance", "indirect_radiance"]
 def bounce_sh(l_sh: torch.Tensor) -> torch.Tensor:
     """SH (K, 3) of the radiance a unit-albedo Lambertian blocker sends back along -w when it sits in
     direction w: ``E(-w) / pi`` for the light SH (K, 3)."""
-    order = _order_of(l_sh.shape[0])
+    order = sh_order(l_sh.shape[0])
     a = hemisphere_factors(order).to(l_sh.device, l_sh.dtype)
     parity = torch.tensor([(-1.0) ** b for b in range(order + 1) for _ in range(2 * b + 1)],
                           dtype=l_sh.dtype, device=l_sh.device)
@@ -38,7 +38,7 @@ def bounce_sh(l_sh: torch.Tensor) -> torch.Tensor:
 def indirect_irradiance(n: torch.Tensor, v_sh: torch.Tensor, l_sh: torch.Tensor) -> torch.Tensor:
     """Irradiance (P, 3) arriving from the blocked directions of visibility SH (P, K) at unit normals (P, 3),
     per unit blocker reflectance."""
-    order = _order_of(v_sh.shape[-1])
+    order = sh_order(v_sh.shape[-1])
     blocked = unoccluded_sh(order).to(v_sh.device, v_sh.dtype) - v_sh
     return diffuse_irradiance(n, blocked, bounce_sh(l_sh)).clamp_min(0)  # SH ringing can dip below 0
 
