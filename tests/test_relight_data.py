@@ -37,6 +37,31 @@ def test_psnr_known_values() -> None:
     assert psnr(pred, gt, mask) == float("inf")
 
 
+def test_relight_scale_is_fitted_on_what_the_display_shows() -> None:
+    # A sun's highlight: the ground truth reads 50 in linear at a few pixels, the render 5. Both display as
+    # white, and everywhere else the render is exact but for a scale of 0.8. Fitted on the unclipped pixels,
+    # the scale is recovered and the score is perfect; fitted on every pixel, the highlight sets the scale.
+    import torch
+
+    from prd_blender.trainer.bench.relight_score import relight_psnr, unclipped_scale_fit
+    from prd_blender.trainer.shading.shade import linear_to_srgb
+
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(0.05, 0.6, (16, 16, 3))
+    gt[:2, :2] = 50.0
+    pred = 0.8 * gt
+    pred[:2, :2] = 5.0
+    disp = linear_to_srgb(torch.from_numpy(np.clip(gt, 0, 1))).numpy()
+    mask = np.ones((16, 16), bool)
+    np.testing.assert_allclose(unclipped_scale_fit(pred, gt, mask), 1.25)
+    assert relight_psnr(pred, gt, disp, mask) > 60
+    assert relight_psnr(pred, gt, disp, mask, fit="all") < 30
+    # a channel clipped everywhere falls back to every masked pixel
+    assert unclipped_scale_fit(np.full((4, 4, 1), 2.0), np.full((4, 4, 1), 4.0), np.ones((4, 4)))[0] == 2.0
+    with pytest.raises(ValueError, match="unknown scale fit"):
+        relight_psnr(pred, gt, disp, mask, fit="median")
+
+
 def test_scale_fit_psnr_removes_per_channel_scale() -> None:
     gt = np.random.default_rng(1).uniform(0.1, 0.9, (16, 16, 3))
     mask = np.ones((16, 16))

@@ -30,7 +30,8 @@ from ..train.render import Camera, render_pbr_maps
 from ..train.stage1 import Stage1Config, camera_extent, train_stage1
 from .common import record, table
 from .relight_ceiling import shading_ceiling
-from .relight_data import load_relight_object, mae, normal_angle_error_deg, psnr, scale_fit, scale_fit_psnr
+from .relight_data import load_relight_object, mae, normal_angle_error_deg, scale_fit_psnr
+from .relight_score import FITS, relight_psnr
 
 VARIANTS = {"prd": "PRD", "direct": "(a) no distillation", "no_losses": "(b) no progress/light losses"}
 
@@ -45,8 +46,8 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
         info = next(x for x in obj.meta["relight_hdris"] if x["name"] == h)
         env = read_image(hdri_dir / info["file"]) * float(info.get("strength", 1.0))
         relights[h] = EnvironmentLight(cfg.light_resolution, init=env)
-    m = {"nvs_psnr": [], "relight_psnr": [], "albedo_psnr": [], "normal_deg": [], "roughness_mae": [],
-         "metallic_mae": [], "progress_mean": []}
+    m = {"nvs_psnr": [], "relight_psnr": [], "relight_psnr_fit_all": [], "albedo_psnr": [], "normal_deg": [],
+         "roughness_mae": [], "metallic_mae": [], "progress_mean": []}
     per_hdri: dict[str, list[float]] = {h: [] for h in relights}
     for view, gt in zip(test_views, obj.views, strict=True):
         cam = Camera.from_view(view)
@@ -63,14 +64,14 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
         for h, lt in relights.items():
             phy = shade_maps(maps, lt, lut, vis, 4, cfg)["phy"].numpy()
             if h in gt.relit_linear:
-                # The light/albedo scale is ambiguous: fit it per channel in linear, compare in display space.
-                s = scale_fit(phy, gt.relit_linear[h][..., :3], mask)
-                pred = linear_to_srgb(torch.from_numpy(np.clip(phy * s, 0, 1))).numpy()
-                per_hdri[h].append(psnr(pred, gt.relit[h][..., :3], mask))
-            else:
+                # the light/albedo scale is ambiguous: relight_score fits it (on the unclipped pixels)
+                scores = {f: relight_psnr(phy, gt.relit_linear[h], gt.relit[h], mask, f) for f in FITS}
+            else:  # a display-only ground truth: fit the scale in display space
                 pred = linear_to_srgb(torch.from_numpy(np.clip(phy, 0, 1))).numpy()
-                per_hdri[h].append(scale_fit_psnr(pred, gt.relit[h][..., :3], mask))
-            m["relight_psnr"].append(per_hdri[h][-1])
+                scores = dict.fromkeys(FITS, scale_fit_psnr(pred, gt.relit[h][..., :3], mask))
+            per_hdri[h].append(scores["unclipped"])
+            m["relight_psnr"].append(scores["unclipped"])
+            m["relight_psnr_fit_all"].append(scores["all"])  # the metric of relighting runs 1-7
     # per HDRI as well: a hard sun (quarry) and a soft sky fail differently
     return {**{k: float(np.mean(v)) for k, v in m.items()},
             "relight_psnr_per_hdri": {h: float(np.mean(v)) for h, v in per_hdri.items()}}
