@@ -39,25 +39,31 @@ def test_psnr_known_values() -> None:
 
 def test_relight_scale_is_fitted_on_what_the_display_shows() -> None:
     # A sun's highlight: the ground truth reads 50 in linear at a few pixels, the render 5. Both display as
-    # white, and everywhere else the render is exact but for a scale of 0.8. Fitted on the unclipped pixels,
-    # the scale is recovered and the score is perfect; fitted on every pixel, the highlight sets the scale.
+    # white, and everywhere else the render is exact but for a scale of 0.8 (0.5 in blue). Fitted in display
+    # space, the scales are recovered and the score is perfect; fitted in linear on every pixel, the
+    # highlight sets the scale.
     import torch
 
-    from prd_blender.trainer.bench.relight_score import relight_psnr, unclipped_scale_fit
+    from prd_blender.trainer.bench.relight_score import display_scale_fit, relight_psnr
     from prd_blender.trainer.shading.shade import linear_to_srgb
 
     rng = np.random.default_rng(1)
     gt = rng.uniform(0.05, 0.6, (16, 16, 3))
     gt[:2, :2] = 50.0
-    pred = 0.8 * gt
+    pred = gt * np.array([0.8, 0.8, 0.5])
     pred[:2, :2] = 5.0
     disp = linear_to_srgb(torch.from_numpy(np.clip(gt, 0, 1))).numpy()
     mask = np.ones((16, 16), bool)
-    np.testing.assert_allclose(unclipped_scale_fit(pred, gt, mask), 1.25)
-    assert relight_psnr(pred, gt, disp, mask) > 60
+    np.testing.assert_allclose(display_scale_fit(pred, disp, mask), [1.25, 1.25, 2.0], rtol=1e-4)
+    assert relight_psnr(pred, gt, disp, mask) > 70
     assert relight_psnr(pred, gt, disp, mask, fit="all") < 30
-    # a channel clipped everywhere falls back to every masked pixel
-    assert unclipped_scale_fit(np.full((4, 4, 1), 2.0), np.full((4, 4, 1), 4.0), np.ones((4, 4)))[0] == 2.0
+    # the masked pixels only; a black channel keeps scale 1
+    far = pred.copy()
+    far[8:] = 100.0
+    half = np.zeros((16, 16), bool)
+    half[:8] = True
+    assert relight_psnr(far, gt, disp, half) > 70
+    assert display_scale_fit(np.zeros((4, 4, 1)), np.full((4, 4, 1), 0.5), np.ones((4, 4)))[0] == 1.0
     with pytest.raises(ValueError, match="unknown scale fit"):
         relight_psnr(pred, gt, disp, mask, fit="median")
 

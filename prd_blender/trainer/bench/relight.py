@@ -64,13 +64,13 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
         for h, lt in relights.items():
             phy = shade_maps(maps, lt, lut, vis, 4, cfg)["phy"].numpy()
             if h in gt.relit_linear:
-                # the light/albedo scale is ambiguous: relight_score fits it (on the unclipped pixels)
+                # the light/albedo scale is ambiguous: relight_score fits it in display space
                 scores = {f: relight_psnr(phy, gt.relit_linear[h], gt.relit[h], mask, f) for f in FITS}
             else:  # a display-only ground truth: fit the scale in display space
                 pred = linear_to_srgb(torch.from_numpy(np.clip(phy, 0, 1))).numpy()
                 scores = dict.fromkeys(FITS, scale_fit_psnr(pred, gt.relit[h][..., :3], mask))
-            per_hdri[h].append(scores["unclipped"])
-            m["relight_psnr"].append(scores["unclipped"])
+            per_hdri[h].append(scores["display"])
+            m["relight_psnr"].append(scores["display"])
             m["relight_psnr_fit_all"].append(scores["all"])  # the metric of relighting runs 1-7
     # per HDRI as well: a hard sun (quarry) and a soft sky fail differently
     return {**{k: float(np.mean(v)) for k, v in m.items()},

@@ -95,4 +95,4 @@ def shading_ceiling(obj: RelightObject, test_views: list[View], hdri_dir: Path, 
                 "relight_psnr": float(np.mean([per[n] for n in obj.relight_hdris])), "per_hdri": per}
 
     # the scale fit of relighting runs 1-7 too (relight_score), to compare with their records
-    return {**summary("unclipped"), "fit_all": summary("all")}
+    return {**summary("display"), "fit_all": summary("all")}
