@@ -164,3 +164,23 @@ def test_split_sum_vs_monte_carlo():
     # views with rough lobes (measured: <= 4.5 % up to 30 deg, 13.7 % at 60 deg and roughness 0.8).
     assert worst[30.0] < 0.06
     assert worst[60.0] < 0.16
+
+
+def test_light_gradient_is_reproducible_with_several_threads():
+    # Advanced indexing's backward on the CPU accumulates with atomics across threads: the learned light's
+    # gradient, and so every training run, then differed from run to run. The lookup now gathers with
+    # index_select, whose backward sums in a fixed order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        dirs = torch.nn.functional.normalize(torch.randn(4 * 128 * 128, 3, generator=gen), dim=-1)
+        weights = torch.rand(4 * 128 * 128, 3, generator=gen)
+        grads = []
+        for _ in range(4):
+            light = EnvironmentLight(128)
+            (sample_cube(light.cube(), dirs) * weights).sum().backward()
+            grads.append(light.log_radiance.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

@@ -110,8 +110,8 @@ def sample_equirect(img: np.ndarray | torch.Tensor, dirs: torch.Tensor) -> torch
     xa, xb = x0 % w, (x0 + 1) % w
     ya, yb = y0.clamp(0, h - 1), (y0 + 1).clamp(0, h - 1)
     flat = img.reshape(-1, c)
-    top = flat[ya * w + xa] * (1 - fx) + flat[ya * w + xb] * fx
-    bot = flat[yb * w + xa] * (1 - fx) + flat[yb * w + xb] * fx
+    top = flat.index_select(0, ya * w + xa) * (1 - fx) + flat.index_select(0, ya * w + xb) * fx
+    bot = flat.index_select(0, yb * w + xa) * (1 - fx) + flat.index_select(0, yb * w + xb) * fx
     return (top * (1 - fy) + bot * fy).reshape(*dirs.shape[:-1], c)
 
 
@@ -187,7 +187,9 @@ def sample_cube(cube: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     with respect to the cube."""
     size, c = cube.shape[1], cube.shape[3]
     p = size + 2
-    padded = cube.reshape(-1, c)[_pad_index(size).to(cube.device)]
+    # index_select, not advanced indexing: the latter's backward on the CPU accumulates with atomics across
+    # threads, so the light's gradient (and every run with two or more threads) was not reproducible.
+    padded = cube.reshape(-1, c).index_select(0, _pad_index(size).to(cube.device))
     face, s, t = dir_to_cube(dirs.reshape(-1, 3).to(cube.dtype))
     # Padded pixel coordinates: texel j's centre is at j + 1.
     x = (s + 1) * 0.5 * size + 0.5
@@ -197,8 +199,8 @@ def sample_cube(cube: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     fx = (x - x0).clamp(0, 1)[:, None]
     fy = (y - y0).clamp(0, 1)[:, None]
     base = face * (p * p) + y0.long() * p + x0.long()
-    v00, v01 = padded[base], padded[base + 1]
-    v10, v11 = padded[base + p], padded[base + p + 1]
+    v00, v01 = padded.index_select(0, base), padded.index_select(0, base + 1)
+    v10, v11 = padded.index_select(0, base + p), padded.index_select(0, base + p + 1)
     out = (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
     return out.reshape(*dirs.shape[:-1], c)
 
