@@ -238,5 +238,23 @@ def test_bench_relight_trains_and_records_every_variant(quick_bench: Path, tmp_p
     for key in ("relight_psnr", "albedo_psnr", "normal_deg"):
         assert two[key] == pytest.approx(np.mean([two["per_seed"][s][key] for s in (0, 1)]))
     assert two["per_seed"][0]["relight_psnr"] != two["per_seed"][1]["relight_psnr"]  # the seed matters
+    # and a run is reproducible: seed 0 scores exactly what the first run's (a) did
+    first = per["variants"]["direct"]
+    for key in ("relight_psnr", "albedo_psnr", "normal_deg", "nvs_psnr"):
+        assert two["per_seed"][0][key] == first[key], key
+    import torch
+
+    from prd_blender.trainer.train.gaussians import Gaussians
+
+    # a changed stage-1 setting trains (and caches) a stage 1 of its own; --keep writes the trained models
+    kept = bench_relight(quick_bench, ["diffuse"], ["prd"], 20, 6, HDRI_DIR, None, stage1_cache=cache,
+                         stage1_overrides={"normal_weight": 0.1, "normal_start": 0.5}, keep=tmp_path / "keep",
+                         **small)
+    assert kept["stage1_config"]["normal_weight"] == 0.1
+    assert sorted(p.name for p in cache.glob("*.pt")) == [
+        "diffuse_stage1_20.pt", "diffuse_stage1_20_normal_start=0.5_normal_weight=0.1.pt"]
+    model = Gaussians.load_ply(tmp_path / "keep" / "diffuse" / "prd_seed0" / "point_cloud.ply")
+    assert model.has_pbr and len(model) > 0
+    assert "log_radiance" in torch.load(tmp_path / "keep" / "diffuse" / "prd_seed0" / "environment.pt")
     with pytest.raises(ValueError, match="seeds"):
         bench_relight(quick_bench, ["diffuse"], ["direct"], 20, 6, HDRI_DIR, None, seeds=[1, 1])

@@ -34,18 +34,20 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``FIELD=VALUE`` strings -> DistillConfig overrides, each value parsed as the field's type."""
+def parse_overrides(items: list[str], config: type | None = None, flag: str = "--set") -> dict:
+    """``FIELD=VALUE`` strings -> overrides of ``config``'s fields (default DistillConfig), each value parsed
+    as the field's type."""
     import dataclasses
 
     from .train.distill import DistillConfig
 
-    fields = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    config = config or DistillConfig
+    fields = {f.name: f for f in dataclasses.fields(config)}
     out = {}
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or name not in fields:
-            raise SystemExit(f"prd: error: --set expects FIELD=VALUE with a DistillConfig field, got {item!r}")
+            raise SystemExit(f"prd: error: {flag} expects FIELD=VALUE with a {config.__name__} field, got {item!r}")
         kind = str(fields[name].type)  # annotations are strings here, e.g. "float | None"
         if text.lower() == "none" and "None" in kind:
             out[name] = None
@@ -158,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--visibility-resolution", type=int, help="visibility grid cells per side (default 120)")
     brl.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a DistillConfig field for every variant (repeatable), e.g. metallic_stage3=0.1")
+    brl.add_argument("--set-stage1", action="append", default=[], metavar="FIELD=VALUE",
+                     help="override a Stage1Config field (repeatable), e.g. normal_weight=0.1")
+    brl.add_argument("--keep", type=Path, help="write each trained model into this folder (for diagnosis)")
     brl.add_argument("--stage1-cache", type=Path, help="keep/reuse each object's stage-1 model in this folder")
     brl.add_argument("--seeds", type=_seeds, default=[0],
                      help="comma-separated seeds: stages 2-4 are trained once per seed, metrics are the means")
@@ -264,9 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {k: v for k, v in (("normal_weight", args.normal_weight),
                                            ("visibility_resolution", args.visibility_resolution)) if v is not None}
             overrides.update(parse_overrides(args.set))
+            from .train.stage1 import Stage1Config
+
+            stage1 = parse_overrides(args.set_stage1, Stage1Config, "--set-stage1")
             variants = [v for v in args.variants.split(",") if v]
             bench_relight(args.data, args.objects.split(","), variants, args.iterations,
-                          args.distill_iterations, args.hdri_dir, args.json, args.stage1_cache, args.seeds, **overrides)
+                          args.distill_iterations, args.hdri_dir, args.json, args.stage1_cache, args.seeds,
+                          stage1_overrides=stage1, keep=args.keep, **overrides)
     except (CaptureError, OutputFolderError) as exc:
         print(f"prd: error: {exc}", file=sys.stderr)
         return 2

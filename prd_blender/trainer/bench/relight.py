@@ -80,17 +80,21 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
 def bench_relight(
     data: Path, objects: list[str], variants: list[str], iterations: int, distill_iterations: int,
     hdri_dir: Path, json_path: Path | None, stage1_cache: Path | None = None, seeds: Sequence[int] = (0,),
-    **distill_overrides,
+    stage1_overrides: dict | None = None, keep: Path | None = None, **distill_overrides,
 ) -> dict:
     """``distill_overrides``: DistillConfig fields (e.g. normal_weight, visibility_resolution) for every variant.
     With no variants only the ceiling (ground-truth inputs under the overridden shading settings) is computed.
 
-    ``stage1_cache``: a folder where each object's stage-1 model is kept (keyed by object and iteration
-    count) and reused, so that experiments on stages 2-4 do not retrain stage 1.
+    ``stage1_cache``: a folder where each object's stage-1 model is kept (keyed by object, iteration count
+    and ``stage1_overrides``: Stage1Config fields) and reused, so that experiments on stages 2-4 do not
+    retrain stage 1.
 
     ``seeds``: stages 2-4 of every variant are trained once per seed (the order the training views are
     visited in) on the same stage 1. With several, a variant's metrics are the means over the seeds, and
     each seed's are kept under ``per_seed``: differences between variants can be read against the spread.
+
+    ``keep``: write each trained model there (``<object>/<variant>_seed<seed>/point_cloud.ply`` and
+    ``environment.pt``, the light's parameters) for diagnosis after the run; None keeps nothing.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -102,7 +106,8 @@ def bench_relight(
     base = DistillConfig(**{"stage2": n, "stage3": n, "stage4": n, **distill_overrides})  # --set may shorten a stage
     results: dict = {
         "objects": {}, "iterations": iterations, "distill_iterations": n, "distill_config": dataclasses.asdict(base),
-        "seeds": seeds,
+        "seeds": seeds, "stage1_config": {k: v for k, v in dataclasses.asdict(
+            Stage1Config(iterations=iterations, **(stage1_overrides or {}))).items() if k != "densify"},
     }
     rows = []
     for name in objects:
@@ -110,12 +115,12 @@ def bench_relight(
         train = load_capture(obj.train_transforms).views
         test = load_capture(obj.test_transforms).views
         prog = Progress(None, quiet=True)
-        s1 = Stage1Config(iterations=iterations)
+        s1 = Stage1Config(iterations=iterations, **(stage1_overrides or {}))
         per: dict = {"variants": {}}
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             if variants:  # none: only the shading model's ceiling, no training
-                model1, t_stage1 = _stage1(train, s1, tmp, prog, stage1_cache, name)
+                model1, t_stage1 = _stage1(train, s1, tmp, prog, stage1_cache, name, stage1_overrides or {})
                 per["stage1_seconds"] = round(t_stage1, 1)
             for var in variants:
                 cfg = dataclasses.replace(base, variant=var)
@@ -127,6 +132,11 @@ def bench_relight(
                         seed=seed,
                     )
                     secs = time.time() - t1
+                    if keep is not None:
+                        where = keep / name / f"{var}_seed{seed}"
+                        where.mkdir(parents=True, exist_ok=True)
+                        model.save_ply(where / "point_cloud.ply")
+                        torch.save(light.state_dict(), where / "environment.pt")
                     runs[seed] = evaluate_object(model, light, vis, cfg, obj, test, hdri_dir)
                     runs[seed]["train_seconds"] = round(t_stage1 + secs, 1)
                 met = runs[seeds[0]] if len(seeds) == 1 else {**_mean_metrics(list(runs.values())), "per_seed": runs}
@@ -158,9 +168,12 @@ def _mean_metrics(mets: list[dict], scalars: bool = False) -> dict:
     return out
 
 
-def _stage1(train, s1: Stage1Config, tmp: Path, prog: Progress, cache: Path | None, name: str):
+def _stage1(train, s1: Stage1Config, tmp: Path, prog: Progress, cache: Path | None, name: str,
+            overrides: dict):
     """Train stage 1, or load it from ``cache``; returns the model and the (original) training seconds."""
-    path = cache / f"{name}_stage1_{s1.iterations}.pt" if cache is not None else None
+    # the defaults keep the plain name, so caches made before a field existed stay valid
+    key = "".join(f"_{k}={v}" for k, v in sorted(overrides.items()))
+    path = cache / f"{name}_stage1_{s1.iterations}{key}.pt" if cache is not None else None
     if path is not None and path.is_file():
         state = torch.load(path, weights_only=False)
         return Gaussians(state["params"]), state["seconds"]

@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .gaussians import Gaussians
 from .losses import image_loss, psnr
 from .progress import Progress
-from .render import Camera, depth_normals, render_pbr_maps
+from .render import Camera, normal_consistency, render_pbr_maps
 from .stage1 import Cancelled, StopFlag
 
 # ``metallic_weight`` for objects known to have no bare metal (``prd train --dielectric``). Measured on the
@@ -361,11 +361,9 @@ def train_distill(
             img = composite(sh["blend"], maps["coverage"], bg)
             loss = image_loss(img, cam.image, cfg.ssim_weight)
             if cfg.normal_weight > 0:
-                n_depth, inner = depth_normals(maps["position"], maps["view"])
-                solid = inner & (maps["coverage"][..., 0] > 0.9)
-                if bool(solid.any()):
-                    agree = (maps["normal"] * n_depth).sum(-1)
-                    loss = loss + cfg.normal_weight * (1 - agree[solid]).mean()
+                term = normal_consistency(maps["normal"], maps["coverage"], maps["depth"], cam)
+                if term is not None:
+                    loss = loss + cfg.normal_weight * term
             if stage >= 3 and cfg.variant != "no_losses":
                 target = cam.mask[..., None] if (cam.mask is not None and not cfg.real_scene) else None
                 splat_progress = sh["progress"] * maps["coverage"]

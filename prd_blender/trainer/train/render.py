@@ -42,16 +42,22 @@ class Camera:
 
 
 def render_radiance(
-    model: Gaussians, cam: Camera, sh_degree: int, backend: str, background: torch.Tensor
+    model: Gaussians, cam: Camera, sh_degree: int, backend: str, background: torch.Tensor,
+    normals: bool = False,
 ) -> tuple[torch.Tensor, RasterOutput]:
-    """The radiance field seen from ``cam``: image (H, W, 3) over ``background``, and the raw output."""
+    """The radiance field seen from ``cam``: image (H, W, 3) over ``background``, and the raw output.
+
+    ``normals``: also splat each Gaussian's normal in the same pass; ``out.features`` then holds the colour
+    (3 channels) followed by the coverage-weighted normal (3 channels).
+    """
     dirs = F.normalize(model.means.detach() - cam.centre, dim=-1)
     colors = eval_sh(model.sh, dirs, sh_degree).clamp_min(0)
+    feats = torch.cat([colors, model.normals(cam.centre)], dim=1) if normals else colors
     out = rasterization(
-        model.means, model.quats, model.scales, model.opacities, colors, cam.viewmat, cam.K,
+        model.means, model.quats, model.scales, model.opacities, feats, cam.viewmat, cam.K,
         cam.width, cam.height, backend=backend,
     )
-    img = out.features + (1 - out.alpha[..., None]) * background
+    img = out.features[..., :3] + (1 - out.alpha[..., None]) * background
     return img, out
 
 
@@ -125,3 +131,17 @@ def depth_normals(position: torch.Tensor, view: torch.Tensor) -> tuple[torch.Ten
     inner = torch.zeros(p.shape[:2], dtype=torch.bool)
     inner[1:-1, 1:-1] = True
     return n, inner
+
+
+def normal_consistency(normal: torch.Tensor, coverage: torch.Tensor, depth: torch.Tensor,
+                       cam: Camera) -> torch.Tensor | None:
+    """Depth-normal consistency (as in 2DGS / GS-IR): 1 - cos between the splatted normals (H, W, 3, unit)
+    and the normals of the rendered depth surface, averaged over solid inner pixels (coverage (H, W, 1) above
+    0.9); None where there are none. Both sides carry gradients: the depth surface flattens towards the
+    Gaussians' orientation and the Gaussians turn towards the surface they form."""
+    position = cam.centre + pixel_rays(cam) * depth
+    n_depth, inner = depth_normals(position, F.normalize(cam.centre - position, dim=-1))
+    solid = inner & (coverage[..., 0] > 0.9)
+    if not bool(solid.any()):
+        return None
+    return (1 - (normal * n_depth).sum(-1)[solid]).mean()
