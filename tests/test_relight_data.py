@@ -256,5 +256,7 @@ def test_bench_relight_trains_and_records_every_variant(quick_bench: Path, tmp_p
     model = Gaussians.load_ply(tmp_path / "keep" / "diffuse" / "prd_seed0" / "point_cloud.ply")
     assert model.has_pbr and len(model) > 0
     assert "log_radiance" in torch.load(tmp_path / "keep" / "diffuse" / "prd_seed0" / "environment.pt")
+    with pytest.raises(ValueError, match="not empty"):  # kept models are never overwritten
+        bench_relight(quick_bench, ["diffuse"], ["prd"], 20, 6, HDRI_DIR, None, keep=tmp_path / "keep")
     with pytest.raises(ValueError, match="seeds"):
         bench_relight(quick_bench, ["diffuse"], ["direct"], 20, 6, HDRI_DIR, None, seeds=[1, 1])

@@ -99,6 +99,8 @@ def bench_relight(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
+    if keep is not None and keep.is_dir() and any(keep.iterdir()):
+        raise ValueError(f"--keep folder {keep} is not empty; the models of an earlier run would be overwritten")
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
@@ -134,7 +136,7 @@ def bench_relight(
                     secs = time.time() - t1
                     if keep is not None:
                         where = keep / name / f"{var}_seed{seed}"
-                        where.mkdir(parents=True, exist_ok=True)
+                        where.mkdir(parents=True)
                         model.save_ply(where / "point_cloud.ply")
                         torch.save(light.state_dict(), where / "environment.pt")
                     runs[seed] = evaluate_object(model, light, vis, cfg, obj, test, hdri_dir)
