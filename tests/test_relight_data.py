@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from prd_blender.trainer.bench.relight_data import (
     load_relight_object,
@@ -17,6 +18,7 @@ from prd_blender.trainer.bench.relight_data import (
     psnr,
     scale_fit_psnr,
 )
+from prd_blender.trainer.train.gaussians import Gaussians
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "make_relight_benchmark.py"
@@ -242,10 +244,6 @@ def test_bench_relight_trains_and_records_every_variant(quick_bench: Path, tmp_p
     first = per["variants"]["direct"]
     for key in ("relight_psnr", "albedo_psnr", "normal_deg", "nvs_psnr"):
         assert two["per_seed"][0][key] == first[key], key
-    import torch
-
-    from prd_blender.trainer.train.gaussians import Gaussians
-
     # a changed stage-1 setting trains (and caches) a stage 1 of its own; --keep writes the trained models
     kept = bench_relight(quick_bench, ["diffuse"], ["prd"], 20, 6, HDRI_DIR, None, stage1_cache=cache,
                          stage1_overrides={"normal_weight": 0.1, "normal_start": 0.5}, keep=tmp_path / "keep",

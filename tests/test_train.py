@@ -257,11 +257,9 @@ def test_trains_on_a_colmap_model_with_points(tmp_path):
 def test_stage1_normal_consistency_aligns_the_gaussians_with_their_depth_surface(tmp_path):
     """With ``normal_weight`` the splatted normals agree better with the rendered depth surface's (the term
     it minimises), measured on every training view after the same number of iterations."""
-    import torch.nn.functional as F
-
     from prd_blender.trainer.capture import load_capture
     from prd_blender.trainer.train.progress import Progress
-    from prd_blender.trainer.train.render import Camera, normal_consistency, render_radiance
+    from prd_blender.trainer.train.render import Camera, normal_consistency, render_radiance, splatted_normals
     from prd_blender.trainer.train.stage1 import train_stage1
 
     cap = load_capture(SAMPLE, resolution=32)
@@ -278,8 +276,7 @@ def test_stage1_normal_consistency_aligns_the_gaussians_with_their_depth_surface
             for v in cap.views:
                 cam = Camera.from_view(v)
                 _, out = render_radiance(model, cam, 1, "cpu", torch.tensor(cap.background), normals=True)
-                cov = out.alpha[..., None]
-                normal = F.normalize(out.features[..., 3:] / cov.clamp_min(1e-6), dim=-1)
-                terms.append(float(normal_consistency(normal, cov, out.depth[..., None], cam)))
+                terms.append(float(normal_consistency(splatted_normals(out), out.alpha[..., None],
+                                                      out.depth[..., None], cam)))
         disagreement[weight] = float(np.mean(terms))
     assert disagreement[0.2] < 0.85 * disagreement[0.0], disagreement

@@ -61,6 +61,11 @@ def render_radiance(
     return img, out
 
 
+def splatted_normals(out: RasterOutput) -> torch.Tensor:
+    """The unit normal map (H, W, 3) of a ``render_radiance(..., normals=True)`` output."""
+    return F.normalize(out.features[..., 3:6] / out.alpha[..., None].clamp_min(1e-6), dim=-1)
+
+
 # Order of the channels splatted for deferred shading (12 features; depth comes with the rasteriser).
 PBR_CHANNELS = {"albedo": 3, "roughness": 1, "metallic": 1, "progress": 1, "normal": 3, "raw": 3}
 

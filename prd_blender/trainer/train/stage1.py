@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..capture import View
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -19,7 +18,7 @@ from .densify import DensifyStrategy
 from .gaussians import Gaussians
 from .losses import image_loss, psnr
 from .progress import Progress
-from .render import Camera, normal_consistency, render_radiance
+from .render import Camera, normal_consistency, render_radiance, splatted_normals
 
 
 @dataclass
@@ -206,9 +205,7 @@ def train_stage1(
             out.means2d.retain_grad()
             loss = image_loss(img, cam.image, cfg.ssim_weight)
             if with_normals:
-                cov = out.alpha[..., None]
-                normal = F.normalize(out.features[..., 3:] / cov.clamp_min(1e-6), dim=-1)
-                term = normal_consistency(normal, cov, out.depth[..., None], cam)
+                term = normal_consistency(splatted_normals(out), out.alpha[..., None], out.depth[..., None], cam)
                 if term is not None:
                     loss = loss + cfg.normal_weight * term
             loss.backward()
