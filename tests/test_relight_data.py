@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from PIL import Image
 
 from prd_blender.trainer.bench.relight_data import (
     load_relight_object,
@@ -18,6 +18,9 @@ from prd_blender.trainer.bench.relight_data import (
     psnr,
     scale_fit_psnr,
 )
+from prd_blender.trainer.capture import load_capture
+from prd_blender.trainer.outputs import read_manifest
+from prd_blender.trainer.relight import run_relight
 from prd_blender.trainer.train.gaussians import Gaussians
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,9 +254,18 @@ def test_bench_relight_trains_and_records_every_variant(quick_bench: Path, tmp_p
     assert kept["stage1_config"]["normal_weight"] == 0.1
     assert sorted(p.name for p in cache.glob("*.pt")) == [
         "diffuse_stage1_20.pt", "diffuse_stage1_20_normal_start=0.5_normal_weight=0.1.pt"]
-    model = Gaussians.load_ply(tmp_path / "keep" / "diffuse" / "prd_seed0" / "point_cloud.ply")
-    assert model.has_pbr and len(model) > 0
-    assert "log_radiance" in torch.load(tmp_path / "keep" / "diffuse" / "prd_seed0" / "environment.pt")
+    run = tmp_path / "keep" / "prd_seed0" / "diffuse"  # a complete run folder, as prd train writes one
+    manifest = read_manifest(run)
+    assert manifest["status"] == "complete" and manifest["stage"] == 4
+    model = Gaussians.load_ply(run / manifest["files"]["gaussians"])
+    assert model.has_pbr and len(model) == manifest["result"]["gaussians"] > 0
+    assert json.loads((run / "run.json").read_text())["distill"]["stage2"] == 6
+    test_names = {v.name for v in load_capture(load_relight_object(quick_bench / "diffuse").test_transforms).views}
+    cams = json.loads((run / "cameras.json").read_text())["cameras"]
+    assert {c["name"] for c in cams if c["split"] == "test"} == test_names
+    # prd relight reads the kept folder like any run
+    (png,) = run_relight(run, HDRI_DIR / "quarry_01_1k.hdr", views=sorted(test_names)[0], dest=tmp_path / "relit")
+    assert np.asarray(Image.open(png)).std() > 1.0
     with pytest.raises(ValueError, match="not empty"):  # kept models are never overwritten
         bench_relight(quick_bench, ["diffuse"], ["prd"], 20, 6, HDRI_DIR, None, keep=tmp_path / "keep")
     with pytest.raises(ValueError, match="seeds"):

@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a DistillConfig field for every variant (repeatable), e.g. metallic_stage3=0.1")
     brl.add_argument("--set-stage1", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a Stage1Config field (repeatable), e.g. normal_weight=0.1")
-    brl.add_argument("--keep", type=Path, help="write each trained model into this folder (for diagnosis)")
+    brl.add_argument("--keep", type=Path,
+                     help="write each trained model as a run folder KEEP/<variant>_seed<seed>/<object> (for prd "
+                     "relight, bench mesh --runs KEEP/prd_seed0, Blender's import)")
     brl.add_argument("--stage1-cache", type=Path, help="keep/reuse each object's stage-1 model in this folder")
     brl.add_argument("--seeds", type=_seeds, default=[0],
                      help="comma-separated seeds: stages 2-4 are trained once per seed, metrics are the means")

@@ -70,15 +70,8 @@ def run_train(
         if iterations is not None:
             cfg.iterations = iterations
         if not resume:
-            write_json(out / "run.json", {
-                "capture": str(Path(capture).resolve()), "resolution": resolution, "downscale": downscale,
-                "background": list(background) if background else None, "hold_out_every": hold_out_every,
-                "config": asdict(cfg), "distill": asdict(distill) if distill else None,
-                "prd_version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            })
-            write_json(out / "cameras.json", {
-                "cameras": cameras_record(train_views, "train") + cameras_record(test_views, "test")
-            })
+            _write_run_record(out, capture, resolution, downscale, background, hold_out_every, cfg, distill,
+                              train_views, test_views)
             update_manifest(
                 out, status="running", stage=1, backend=backend, capture=str(Path(capture).resolve()),
                 background=list(cap.background),
@@ -110,14 +103,8 @@ def run_train(
             finished, stage = dinfo["finished"], distill.stage_of(max(dinfo["iteration"], 1))
             iters, seconds = cfg.iterations + dinfo["iteration"], seconds + dinfo["seconds"]
             if finished:
-                write_environment(light, out / "environment.exr")
-                vis.save(out / "visibility.npz")
-                map_views = test_views or train_views[::8]
-                records = write_view_maps(
-                    model, light, get_brdf_lut(), vis, map_views, distill, backend, cap.background, out / "maps"
-                )
-                write_json(out / "maps.json", {"views": records})
-                files.update(environment="environment.exr", visibility="visibility.npz", maps="maps.json")
+                files.update(_write_distilled(out, model, light, vis, test_views or train_views[::8], distill,
+                                              backend, cap.background))
         model.save_ply(out / "point_cloud.ply")
         result = {"iterations": iters, "seconds": round(seconds, 1), "gaussians": len(model)}
         if test_views and finished:
@@ -143,6 +130,54 @@ def run_train(
         raise
     finally:
         progress.close()
+
+
+def _write_run_record(out: Path, capture, resolution, downscale, background, hold_out_every: int,
+                      cfg: Stage1Config, distill: DistillConfig | None, train_views, test_views) -> None:
+    """run.json (the settings a resume and the readers of the run need) and cameras.json."""
+    write_json(out / "run.json", {
+        "capture": str(Path(capture).resolve()), "resolution": resolution, "downscale": downscale,
+        "background": list(background) if background else None, "hold_out_every": hold_out_every,
+        "config": asdict(cfg), "distill": asdict(distill) if distill else None,
+        "prd_version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+    })
+    write_json(out / "cameras.json", {
+        "cameras": cameras_record(train_views, "train") + cameras_record(test_views, "test")
+    })
+
+
+def _write_distilled(out: Path, model: Gaussians, light, vis, map_views, distill: DistillConfig, backend: str,
+                     background) -> dict[str, str]:
+    """The light, the visibility and the per-view maps of a distilled model; returns their manifest entries."""
+    write_environment(light, out / "environment.exr")
+    files = {"environment": "environment.exr", "maps": "maps.json"}
+    if vis is not None:  # None only when stages 3-4 were set to no iterations
+        vis.save(out / "visibility.npz")
+        files["visibility"] = "visibility.npz"
+    records = write_view_maps(model, light, get_brdf_lut(), vis, map_views, distill, backend, background,
+                              out / "maps")
+    write_json(out / "maps.json", {"views": records})
+    return files
+
+
+def save_distilled_run(out: Path, *, capture: str | Path, train_views, test_views, background,
+                       config: Stage1Config, distill: DistillConfig, model: Gaussians, light, vis,
+                       seconds: float, backend: str = "cpu") -> dict:
+    """A complete run folder for a model distilled outside ``run_train`` (the benchmarks' kept models), in
+    the same format, so ``prd relight``, ``prd mesh``, ``prd bench mesh`` and Blender's import read it.
+
+    ``out`` must be new or empty (nothing is overwritten); returns the manifest.
+    """
+    out = Path(out)
+    prepare_output(out, resume=False, overwrite=False)  # refuses a folder that is not empty
+    _write_run_record(out, capture, None, None, background, 0, config, distill, train_views, test_views)
+    files = {"run": "run.json", "cameras": "cameras.json", "gaussians": "point_cloud.ply"}
+    files.update(_write_distilled(out, model, light, vis, test_views or train_views[::8], distill, backend,
+                                  background))
+    model.save_ply(out / "point_cloud.ply")
+    result = {"iterations": config.iterations + distill.total, "seconds": round(seconds, 1), "gaussians": len(model)}
+    return update_manifest(out, status="complete", stage=4, backend=backend, capture=str(Path(capture).resolve()),
+                           background=list(background), result=result, files=files)
 
 
 def run_eval(out: Path, device: str = "auto") -> dict:

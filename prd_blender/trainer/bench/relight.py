@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..capture import load_capture
+from ..pipeline import save_distilled_run
 from ..shading.brdf_lut import get_brdf_lut
 from ..shading.envmap import EnvironmentLight
 from ..shading.hdr_io import read_image
@@ -93,8 +94,9 @@ def bench_relight(
     visited in) on the same stage 1. With several, a variant's metrics are the means over the seeds, and
     each seed's are kept under ``per_seed``: differences between variants can be read against the spread.
 
-    ``keep``: write each trained model there (``<object>/<variant>_seed<seed>/point_cloud.ply`` and
-    ``environment.pt``, the light's parameters) for diagnosis after the run; None keeps nothing.
+    ``keep``: write each trained model there as a complete run folder, ``<variant>_seed<seed>/<object>/``
+    (``pipeline.save_distilled_run``), which ``prd relight``, ``prd bench mesh --runs KEEP/prd_seed0`` and
+    Blender's import read; None keeps nothing.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -134,11 +136,11 @@ def bench_relight(
                         seed=seed,
                     )
                     secs = time.time() - t1
-                    if keep is not None:
-                        where = keep / name / f"{var}_seed{seed}"
-                        where.mkdir(parents=True)
-                        model.save_ply(where / "point_cloud.ply")
-                        torch.save(light.state_dict(), where / "environment.pt")
+                    if keep is not None:  # a run folder of its own: bench mesh --runs KEEP/<variant>_seed<seed>
+                        save_distilled_run(keep / f"{var}_seed{seed}" / name, capture=obj.train_transforms,
+                                           train_views=train, test_views=test, background=(1.0, 1.0, 1.0),
+                                           config=s1, distill=cfg, model=model, light=light, vis=vis,
+                                           seconds=t_stage1 + secs)
                     runs[seed] = evaluate_object(model, light, vis, cfg, obj, test, hdri_dir)
                     runs[seed]["train_seconds"] = round(t_stage1 + secs, 1)
                 met = runs[seeds[0]] if len(seeds) == 1 else {**_mean_metrics(list(runs.values())), "per_seed": runs}
