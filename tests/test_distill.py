@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from prd_blender.trainer.pipeline import run_train
-from prd_blender.trainer.shading.hdr_io import read_exr
+from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
 from prd_blender.trainer.train.densify import DensifyStrategy
 from prd_blender.trainer.train.distill import DistillConfig
 from prd_blender.trainer.train.gaussians import Gaussians
@@ -79,14 +79,32 @@ def test_stage_to_stage_resume_is_exact(tmp_path):
     assert np.array_equal(read_exr(tmp_path / "a" / "environment.exr"), read_exr(tmp_path / "b" / "environment.exr"))
 
 
+def test_a_specular_only_distillation_is_a_complete_run(tmp_path):
+    # Stages 3-4 set to no iterations: no visibility grid is ever baked. The run still completes, lists no
+    # grid, and relights and re-evaluates without one (shading then assumes an open sky).
+    from prd_blender.trainer.pipeline import run_eval
+    from prd_blender.trainer.relight import run_relight
+
+    s1, d = configs()
+    d.stage3 = d.stage4 = 0
+    out = tmp_path / "run"
+    m = run_train(SAMPLE, out, resolution=32, hold_out_every=8, config=s1, distill=d, quiet=True)
+    assert m["status"] == "complete" and m["stage"] == 2
+    assert "visibility" not in m["files"] and not (out / "visibility.npz").exists()
+    assert (out / m["files"]["environment"]).is_file()
+    hdri = tmp_path / "sky.exr"
+    write_exr(hdri, np.full((16, 32, 3), 0.5, np.float32))
+    (png, *_) = run_relight(out, hdri, dest=tmp_path / "relit")
+    assert np.asarray(Image.open(png))[..., 3].max() > 0
+    assert 5 < run_eval(out)["psnr"] < 60
+
+
 def test_relight_command_renders_under_another_hdri(tmp_path):
     s1, d = configs()
     out = tmp_path / "run ü"
     run_train(SAMPLE, out, resolution=32, hold_out_every=8, config=s1, distill=d, quiet=True)
     hdri = sorted(HDRI_DIR.glob("*.hdr"))[0] if HDRI_DIR.is_dir() else None
     if hdri is None:  # no shared data: make a small gradient sky of our own
-        from prd_blender.trainer.shading.hdr_io import write_exr
-
         hdri = tmp_path / "sky.exr"
         # A bright warm patch on one side: rotating about +Z must move it (an elevation-only sky would not).
         sky = np.full((32, 64, 3), 0.2, np.float32)

@@ -198,7 +198,8 @@ def run_eval(out: Path, device: str = "auto") -> dict:
 
         cfg = DistillConfig.from_run(run["distill"])
         light = EnvironmentLight(cfg.light_resolution, init=read_exr(out / manifest["files"]["environment"]))
-        vis = VisibilityGrid.load(out / manifest["files"]["visibility"])
+        files = manifest["files"]
+        vis = VisibilityGrid.load(out / files["visibility"]) if "visibility" in files else None
         ev = evaluate_distilled(model, light, vis, test_views, cfg, backend, cap.background)
     else:
         ev = evaluate_views(model, test_views, run["config"]["sh_degree"], backend, cap.background)

@@ -56,7 +56,8 @@ def run_relight(
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     cfg = DistillConfig.from_run(run["distill"])
     model = Gaussians.load_ply(out / manifest["files"]["gaussians"])
-    vis = VisibilityGrid.load(out / manifest["files"]["visibility"])
+    files = manifest["files"]
+    vis = VisibilityGrid.load(out / files["visibility"]) if "visibility" in files else None  # no stage 3-4
     env = rotated_environment(read_image(hdri), rotation, strength)
     light = EnvironmentLight(cfg.light_resolution, init=env)
     cams = json.loads((out / "cameras.json").read_text(encoding="utf-8"))["cameras"]

@@ -220,7 +220,7 @@ def gaussian_relight(run: Path, obj, test_views, lights: list[dict],
     files = read_manifest(run)["files"]
     cfg = DistillConfig.from_run(json.loads((run / "run.json").read_text())["distill"])
     model = Gaussians.load_ply(run / files["gaussians"])
-    vis = VisibilityGrid.load(run / files["visibility"])
+    vis = VisibilityGrid.load(run / files["visibility"]) if "visibility" in files else None
     lut = get_brdf_lut()
     envs = {x["name"]: EnvironmentLight(cfg.light_resolution, init=read_image(Path(x["file"])) * x["strength"])
             for x in lights}
