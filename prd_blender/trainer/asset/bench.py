@@ -297,7 +297,7 @@ def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture
     from ..outputs import read_manifest
     from .bake import bake_asset
     from .render_cycles import CyclesUnavailable, renderer_command
-    from .surface import edge_report
+    from .surface import edge_report, weld
 
     cycles_skip = None
     if hdri_dir is None or cycles_views <= 0:
@@ -330,12 +330,12 @@ def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture
         verts, faces, _ = _read_uv_ply(run / summary["files"]["mesh"])
         gt = read_ply_mesh(obj.mesh)
         # UV seams split vertices; weld by position to judge the surface's topology
-        _, weld = np.unique(verts.round(9), axis=0, return_inverse=True)
+        _, welded = weld(verts, faces)
         res = {
             "run": {"resolution": run_cfg["resolution"], "iterations": run_cfg["config"]["iterations"],
                     "distill_iterations": run_cfg["distill"]["stage2"]},
             **chamfer((verts, faces), gt), **outer_chamfer((verts, faces), gt),
-            **edge_report(weld.reshape(-1)[faces]),
+            **edge_report(welded),
             "faces": int(len(faces)), "train_seconds": round(train_s, 1), "bake_seconds": summary["seconds"],
             "depth_offset": summary.get("depth_offset"),
         }
