@@ -126,6 +126,11 @@ def test_repair_separates_two_solids_touching_along_an_edge():
     v7, f7 = S.repair(verts, apart)
     assert S.edge_report(f7)["watertight"] and S.edge_report(S.weld(v7, f7)[1])["watertight"]
     assert abs(S.signed_volume(v7, f7) / (2 * S.signed_volume(v, f)) - 1) < 0.2  # refilled, not lost
+    # two solids meeting at a single point, with distinct coincident vertices there: the weld joins them into a
+    # bowtie vertex, which repair must split apart again (every vertex ends with one fan, in its own place)
+    point = np.concatenate([v, v + np.array([2.0, 0, 0])])
+    v8, f8 = S.repair(point, np.concatenate([f, f + 6]))
+    assert len(f8) == 16 and len(S.weld(v8, f8)[0]) == 12 and S.edge_report(S.weld(v8, f8)[1])["watertight"]
     # a mesh that is already manifold comes back as it was
     v5, f5 = S.unpinch(v, f)
     np.testing.assert_array_equal(v5[f5], v[f])
