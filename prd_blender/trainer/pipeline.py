@@ -103,8 +103,8 @@ def run_train(
             finished, stage = dinfo["finished"], distill.stage_of(max(dinfo["iteration"], 1))
             iters, seconds = cfg.iterations + dinfo["iteration"], seconds + dinfo["seconds"]
             if finished:
-                files.update(_write_distilled(out, model, light, vis, test_views or train_views[::8], distill,
-                                              backend, cap.background))
+                files.update(_write_distilled(out, model, light, vis, train_views, test_views, distill, backend,
+                                              cap.background))
         model.save_ply(out / "point_cloud.ply")
         result = {"iterations": iters, "seconds": round(seconds, 1), "gaussians": len(model)}
         if test_views and finished:
@@ -146,16 +146,17 @@ def _write_run_record(out: Path, capture, resolution, downscale, background, hol
     })
 
 
-def _write_distilled(out: Path, model: Gaussians, light, vis, map_views, distill: DistillConfig, backend: str,
-                     background) -> dict[str, str]:
-    """The light, the visibility and the per-view maps of a distilled model; returns their manifest entries."""
+def _write_distilled(out: Path, model: Gaussians, light, vis, train_views, test_views, distill: DistillConfig,
+                     backend: str, background) -> dict[str, str]:
+    """The light, the visibility and the per-view maps (of the test views, else every 8th training view) of a
+    distilled model; returns their manifest entries."""
     write_environment(light, out / "environment.exr")
     files = {"environment": "environment.exr", "maps": "maps.json"}
     if vis is not None:  # None only when stages 3-4 were set to no iterations
         vis.save(out / "visibility.npz")
         files["visibility"] = "visibility.npz"
-    records = write_view_maps(model, light, get_brdf_lut(), vis, map_views, distill, backend, background,
-                              out / "maps")
+    records = write_view_maps(model, light, get_brdf_lut(), vis, test_views or train_views[::8], distill, backend,
+                              background, out / "maps")
     write_json(out / "maps.json", {"views": records})
     return files
 
@@ -172,8 +173,7 @@ def save_distilled_run(out: Path, *, capture: str | Path, train_views, test_view
     prepare_output(out, resume=False, overwrite=False)  # refuses a folder that is not empty
     _write_run_record(out, capture, None, None, background, 0, config, distill, train_views, test_views)
     files = {"run": "run.json", "cameras": "cameras.json", "gaussians": "point_cloud.ply"}
-    files.update(_write_distilled(out, model, light, vis, test_views or train_views[::8], distill, backend,
-                                  background))
+    files.update(_write_distilled(out, model, light, vis, train_views, test_views, distill, backend, background))
     model.save_ply(out / "point_cloud.ply")
     result = {"iterations": config.iterations + distill.total, "seconds": round(seconds, 1), "gaussians": len(model)}
     return update_manifest(out, status="complete", stage=4, backend=backend, capture=str(Path(capture).resolve()),
@@ -190,15 +190,15 @@ def run_eval(out: Path, device: str = "auto") -> dict:
     cap = load_capture(run["capture"], resolution=run["resolution"], downscale=run["downscale"],
                        background=tuple(run["background"]) if run["background"] else None)
     _, test_views = cap.split(run["hold_out_every"])
-    model = Gaussians.load_ply(out / manifest["files"]["gaussians"])
-    if model.has_pbr and "environment" in manifest["files"]:
+    files = manifest["files"]
+    model = Gaussians.load_ply(out / files["gaussians"])
+    if model.has_pbr and "environment" in files:
         from .shading.envmap import EnvironmentLight
         from .shading.hdr_io import read_exr
         from .shading.visibility import VisibilityGrid
 
         cfg = DistillConfig.from_run(run["distill"])
-        light = EnvironmentLight(cfg.light_resolution, init=read_exr(out / manifest["files"]["environment"]))
-        files = manifest["files"]
+        light = EnvironmentLight(cfg.light_resolution, init=read_exr(out / files["environment"]))
         vis = VisibilityGrid.load(out / files["visibility"]) if "visibility" in files else None
         ev = evaluate_distilled(model, light, vis, test_views, cfg, backend, cap.background)
     else:

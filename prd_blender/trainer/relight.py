@@ -55,8 +55,8 @@ def run_relight(
         raise OutputFolderError(f"{out} holds no distilled materials yet (train all four stages first)")
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     cfg = DistillConfig.from_run(run["distill"])
-    model = Gaussians.load_ply(out / manifest["files"]["gaussians"])
     files = manifest["files"]
+    model = Gaussians.load_ply(out / files["gaussians"])
     vis = VisibilityGrid.load(out / files["visibility"]) if "visibility" in files else None  # no stage 3-4
     env = rotated_environment(read_image(hdri), rotation, strength)
     light = EnvironmentLight(cfg.light_resolution, init=env)
