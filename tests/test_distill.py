@@ -281,3 +281,41 @@ def test_config_from_an_older_run_keeps_the_shading_it_was_trained_with():
     cfg = DistillConfig.from_run(old)
     assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.stage2 == 7
     assert DistillConfig().indirect > 0 and DistillConfig().specular_visibility  # what a new run gets
+
+
+def test_physical_weight_trains_the_physical_branch_where_progress_is_low():
+    """Progress 0.01: through the blend alone the albedo sees 1 % of the image loss's gradient; the extra term
+    scores I_phy directly, so the albedo's gradient grows by far more than the blend's share."""
+    import dataclasses
+
+    from prd_blender.trainer.asset.surface import look_at_camera
+    from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
+    from prd_blender.trainer.shading.envmap import EnvironmentLight
+    from prd_blender.trainer.train.distill import distill_loss, shade_maps
+
+    n = 4
+    cam = look_at_camera(np.array([0.0, -3.0, 0.0]), np.zeros(3), 40.0, n)
+    cam.image = torch.full((n, n, 3), 0.6)
+    albedo = torch.full((n, n, 3), 0.3, requires_grad=True)
+    facing = torch.tensor([0.0, -1.0, 0.0]).expand(n, n, 3)  # towards the camera
+    maps = {"albedo": albedo, "roughness": torch.full((n, n, 1), 0.5), "metallic": torch.zeros(n, n, 1),
+            "normal": facing, "view": facing, "position": torch.zeros(n, n, 3),
+            "progress": torch.full((n, n, 1), 0.01), "raw": torch.full((n, n, 3), 0.6), "coverage": torch.ones(n, n, 1)}
+    light, lut = EnvironmentLight(16, init=1.0), get_brdf_lut(64, 256, cache_dir=None)
+    base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0)
+    grads = {}
+    for w in (0.0, 1.0):
+        cfg = dataclasses.replace(base, physical_weight=w)
+        albedo.grad = None
+        sh = shade_maps(maps, light, lut, None, 3, cfg)
+        loss, img = distill_loss(maps, sh, cam, torch.zeros(3), light, 3, cfg)
+        loss.backward()
+        grads[w] = albedo.grad.abs().sum().item()
+        assert torch.allclose(img, sh["blend"])  # the image scored for the log is still the blend
+    assert grads[0.0] > 0 and grads[1.0] > 30 * grads[0.0], grads
+    # stage 2 leaves the term out (the specular fit of stage 2 is the method's own)
+    cfg = dataclasses.replace(base, physical_weight=1.0)
+    sh = shade_maps(maps, light, lut, None, 2, cfg)
+    loss2, _ = distill_loss(maps, sh, cam, torch.zeros(3), light, 2, cfg)
+    loss2_off, _ = distill_loss(maps, sh, cam, torch.zeros(3), light, 2, base)
+    assert torch.equal(loss2, loss2_off)
