@@ -1,5 +1,6 @@
 """Stages 2-4 end to end on the sample capture at 32 px: outputs, stage-to-stage resume, relight."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,10 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from prd_blender.trainer.asset.surface import look_at_camera
 from prd_blender.trainer.pipeline import run_train
+from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
+from prd_blender.trainer.shading.envmap import EnvironmentLight
 from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
 from prd_blender.trainer.train.densify import DensifyStrategy
-from prd_blender.trainer.train.distill import DistillConfig
+from prd_blender.trainer.train.distill import DistillConfig, distill_loss, shade_maps
 from prd_blender.trainer.train.gaussians import Gaussians
 from prd_blender.trainer.train.stage1 import Stage1Config
 
@@ -206,14 +210,10 @@ def test_bench_relight_seeds_parse(capsys):
 def test_specular_visibility_flag_darkens_only_occluded_reflections():
     """shade_maps with ``specular_visibility``: a pixel whose reflection points into a blocked half of the
     sky loses specular light, one reflecting into the open sky keeps it; without it both are left alone."""
-    import dataclasses
 
     from sh_util import project_sh
 
-    from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
-    from prd_blender.trainer.shading.envmap import EnvironmentLight
     from prd_blender.trainer.shading.visibility import VisibilityGrid
-    from prd_blender.trainer.train.distill import shade_maps
 
     # visibility everywhere: the upper hemisphere except the +x side (a wall)
     coeffs = project_sh(lambda d: (d[:, 2] > 0) & (d[:, 0] < 0.2), 2).numpy()[None]
@@ -234,7 +234,6 @@ def test_specular_visibility_flag_darkens_only_occluded_reflections():
 def test_raw_fixed_geometry_keeps_the_image_and_cuts_the_geometry_gradient():
     """The second pass splats the same radiance colour (same maps), but the radiance branch's loss no
     longer reaches positions, shapes or opacities; it still reaches the SH colour."""
-    from prd_blender.trainer.asset.surface import look_at_camera
     from prd_blender.trainer.train.render import render_pbr_maps
 
     rng = np.random.default_rng(0)
@@ -273,49 +272,72 @@ def test_metallic_prior_spares_smooth_metal_and_leaves_roughness_alone():
 def test_config_from_an_older_run_keeps_the_shading_it_was_trained_with():
     """run.json written before ``indirect`` existed: relighting it must not switch the bounce on, a field
     the trainer dropped is ignored, and a current run's config comes back unchanged."""
-    import dataclasses
 
     current = dataclasses.asdict(DistillConfig(stage2=7))
     assert DistillConfig.from_run(current) == DistillConfig(stage2=7)
-    old = {k: v for k, v in current.items() if k not in ("indirect", "specular_visibility")} | {"gone": 1}
-    cfg = DistillConfig.from_run(old)
-    assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.stage2 == 7
-    assert DistillConfig().indirect > 0 and DistillConfig().specular_visibility  # what a new run gets
+    old = {k: v for k, v in current.items() if k not in ("indirect", "specular_visibility", "physical_weight")}
+    cfg = DistillConfig.from_run(old | {"gone": 1})
+    assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.physical_weight == 0.0 and cfg.stage2 == 7
+    new = DistillConfig()  # what a new run gets
+    assert new.indirect > 0 and new.specular_visibility and new.physical_weight > 0
+
+
+def _low_progress_pixels(n: int = 4):
+    """A camera, maps of a facing grey surface at progress 0.01 whose radiance field already fits the image,
+    and a uniform light: the physical branch is wrong (albedo 0.3) where the blend hides it."""
+    cam = look_at_camera(np.array([0.0, -3.0, 0.0]), np.zeros(3), 40.0, n)
+    cam.image = torch.full((n, n, 3), 0.6)
+    facing = torch.tensor([0.0, -1.0, 0.0]).expand(n, n, 3)  # towards the camera
+    maps = {"albedo": torch.full((n, n, 3), 0.3, requires_grad=True), "roughness": torch.full((n, n, 1), 0.5),
+            "metallic": torch.zeros(n, n, 1), "normal": facing, "view": facing, "position": torch.zeros(n, n, 3),
+            "progress": torch.full((n, n, 1), 0.01), "raw": torch.full((n, n, 3), 0.6), "coverage": torch.ones(n, n, 1)}
+    return cam, maps, EnvironmentLight(16, init=1.0), get_brdf_lut(64, 256, cache_dir=None)
+
+
+def _loss(maps, cam, light, lut, stage, cfg):
+    sh = shade_maps(maps, light, lut, None, stage, cfg)
+    return distill_loss(maps, sh, cam, torch.zeros(3), light, stage, cfg), sh
 
 
 def test_physical_weight_trains_the_physical_branch_where_progress_is_low():
     """Progress 0.01: through the blend alone the albedo sees 1 % of the image loss's gradient; the extra term
     scores I_phy directly, so the albedo's gradient grows by far more than the blend's share."""
-    import dataclasses
-
-    from prd_blender.trainer.asset.surface import look_at_camera
-    from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
-    from prd_blender.trainer.shading.envmap import EnvironmentLight
-    from prd_blender.trainer.train.distill import distill_loss, shade_maps
-
-    n = 4
-    cam = look_at_camera(np.array([0.0, -3.0, 0.0]), np.zeros(3), 40.0, n)
-    cam.image = torch.full((n, n, 3), 0.6)
-    albedo = torch.full((n, n, 3), 0.3, requires_grad=True)
-    facing = torch.tensor([0.0, -1.0, 0.0]).expand(n, n, 3)  # towards the camera
-    maps = {"albedo": albedo, "roughness": torch.full((n, n, 1), 0.5), "metallic": torch.zeros(n, n, 1),
-            "normal": facing, "view": facing, "position": torch.zeros(n, n, 3),
-            "progress": torch.full((n, n, 1), 0.01), "raw": torch.full((n, n, 3), 0.6), "coverage": torch.ones(n, n, 1)}
-    light, lut = EnvironmentLight(16, init=1.0), get_brdf_lut(64, 256, cache_dir=None)
+    cam, maps, light, lut = _low_progress_pixels()
+    albedo = maps["albedo"]
     base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0)
     grads = {}
     for w in (0.0, 1.0):
         cfg = dataclasses.replace(base, physical_weight=w)
         albedo.grad = None
-        sh = shade_maps(maps, light, lut, None, 3, cfg)
-        loss, img = distill_loss(maps, sh, cam, torch.zeros(3), light, 3, cfg)
+        (loss, img), sh = _loss(maps, cam, light, lut, 3, cfg)
         loss.backward()
         grads[w] = albedo.grad.abs().sum().item()
         assert torch.allclose(img, sh["blend"])  # the image scored for the log is still the blend
     assert grads[0.0] > 0 and grads[1.0] > 30 * grads[0.0], grads
     # stage 2 leaves the term out (the specular fit of stage 2 is the method's own)
     cfg = dataclasses.replace(base, physical_weight=1.0)
-    sh = shade_maps(maps, light, lut, None, 2, cfg)
-    loss2, _ = distill_loss(maps, sh, cam, torch.zeros(3), light, 2, cfg)
-    loss2_off, _ = distill_loss(maps, sh, cam, torch.zeros(3), light, 2, base)
-    assert torch.equal(loss2, loss2_off)
+    assert torch.equal(_loss(maps, cam, light, lut, 2, cfg)[0][0], _loss(maps, cam, light, lut, 2, base)[0][0])
+    # nor does the ablation (a), whose blend is I_phy already
+    direct = dataclasses.replace(cfg, variant="direct")
+    assert torch.equal(_loss(maps, cam, light, lut, 3, direct)[0][0],
+                       _loss(maps, cam, light, lut, 3, dataclasses.replace(direct, physical_weight=0))[0][0])
+
+
+def test_physical_term_can_leave_the_light_to_the_blend():
+    """``physical_light`` off: the term still trains the albedo as much, but the light's gradient is the
+    blend's alone (the same as with the term off), and the loss's value does not change."""
+    cam, maps, light, lut = _low_progress_pixels()
+    base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0, physical_weight=1.0)
+    grads, losses = {}, {}
+    for name, cfg in {"on": base, "fixed": dataclasses.replace(base, physical_light=False),
+                      "off": dataclasses.replace(base, physical_weight=0.0)}.items():
+        light.zero_grad()
+        maps["albedo"].grad = None
+        (loss, _), _ = _loss(maps, cam, light, lut, 3, cfg)
+        loss.backward()
+        grads[name] = (light.log_radiance.grad.clone(), maps["albedo"].grad.clone())
+        losses[name] = loss.item()
+    assert losses["fixed"] == pytest.approx(losses["on"], rel=1e-6)
+    assert torch.allclose(grads["fixed"][1], grads["on"][1])  # the albedo learns from the term as before
+    assert torch.allclose(grads["fixed"][0], grads["off"][0], atol=1e-12)  # the light only from the blend
+    assert grads["on"][0].abs().sum() > 10 * grads["off"][0].abs().sum()  # which is much less than with it
