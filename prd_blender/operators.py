@@ -9,6 +9,8 @@ the user keeps working.
 
 from __future__ import annotations
 
+import math
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -147,6 +149,9 @@ def _start(op: bpy.types.Operator, context: bpy.types.Context, resume: bool) -> 
             op.report({"ERROR"}, f"{out} already holds a reconstruction: press Resume, tick 'Replace Earlier "
                                  "Run', or choose another output folder")
             return {"CANCELLED"}
+        if problem := _known_light_problem(props):
+            op.report({"ERROR"}, problem)
+            return {"CANCELLED"}
         if props.source == "SCENE":
             try:
                 capture, scene_render = _prepare_scene_capture(context, props)
@@ -162,7 +167,7 @@ def _start(op: bpy.types.Operator, context: bpy.types.Context, resume: bool) -> 
     job = jobmod.TrainerJob(python, capture, out, iterations=iterations, resolution=resolution,
                             device=props.device, resume=resume, overwrite=props.overwrite, log_dir=_log_dir(),
                             distill_iterations=distill_iterations, mesh=mesh, mesh_only=mesh_only,
-                            scene_render=scene_render)
+                            scene_render=scene_render, light=_known_light(props))
     try:
         job.start()
     except jobmod.JobError as exc:
@@ -178,6 +183,29 @@ def _start(op: bpy.types.Operator, context: bpy.types.Context, resume: bool) -> 
         bpy.app.timers.register(poll_job, first_interval=POLL_INTERVAL_S, persistent=True)
     op.report({"INFO"}, ("Resuming" if resume else "Started") + f" the reconstruction into {out}")
     return {"FINISHED"}
+
+
+def _known_light(props) -> tuple[str, float] | None:
+    """(HDRI path, rotation in degrees) for the trainer's --light, or None."""
+    if not props.use_known_light:
+        return None
+    return bpy.path.abspath(props.known_light_path), math.degrees(props.known_light_rotation)
+
+
+def _known_light_problem(props) -> str:
+    """Why the Known Lighting settings cannot start a run ("" when they can); the trainer checks the file's
+    contents too, before it trains."""
+    light = _known_light(props)
+    if light is None:
+        return ""
+    if _quality(props)[2] == 0:
+        return "Known Lighting needs the material stages: raise Material Iterations above 0"
+    path = light[0]
+    if not props.known_light_path or not os.path.isfile(path):
+        return f"Known Lighting: choose the capture's HDRI (not found: {path or 'no file chosen'})"
+    if not path.lower().endswith((".hdr", ".exr")):
+        return f"Known Lighting: {os.path.basename(path)} is not an .hdr or .exr file"
+    return ""
 
 
 # Cycles samples of the scene-camera renders per quality (the trainer sees them at the preset's size).

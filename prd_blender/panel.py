@@ -67,6 +67,10 @@ class PRD_PT_reconstruct(bpy.types.Panel):
             col.prop(props, "distill_iterations")
             col.prop(props, "resolution")
         col.prop(props, "device")
+        col.prop(props, "use_known_light")
+        if props.use_known_light:
+            col.prop(props, "known_light_path")
+            col.prop(props, "known_light_rotation")
         col.prop(props, "build_mesh")
         if props.build_mesh and props.quality == "CUSTOM":
             col.prop(props, "mesh_quality")

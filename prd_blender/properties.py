@@ -89,6 +89,16 @@ class PRD_PG_job(bpy.types.PropertyGroup):
     resolution: IntProperty(name="Resolution", default=512, min=0, soft_max=4096, subtype="PIXEL",
                             description="Longer image side in pixels; 0 = full resolution (Custom quality)")
     device: EnumProperty(name="Device", items=DEVICES, default="auto")
+    use_known_light: BoolProperty(
+        name="Known Lighting", default=False,
+        description="You have an HDRI of the capture's surroundings: the trainer keeps its shape and fits only "
+                    "its exposure, which pins the colours of matte surfaces that a learned light leaves uncertain")
+    known_light_path: StringProperty(name="Capture HDRI", subtype="FILE_PATH",
+                                     description="Equirectangular .hdr or .exr taken where the capture was "
+                                                 "(Z up, Blender's convention)")
+    known_light_rotation: FloatProperty(name="Rotation", subtype="ANGLE", default=0.0,
+                                        description="Turn the capture HDRI about the world Z axis to line it "
+                                                    "up with the capture")
     import_gaussians: BoolProperty(name="Gaussians Preview", default=True,
                                    description="Also import the Gaussians as a point preview object")
 

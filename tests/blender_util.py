@@ -33,12 +33,14 @@ def enable_addon():
 
 def reset_props(scene) -> None:
     """Fresh panel settings (Blender keeps scene properties between tests in one process)."""
-    for name in ("colmap_path", "transforms_path", "photos_path", "output_dir", "message", "log_path", "result_dir"):
+    for name in ("colmap_path", "transforms_path", "photos_path", "output_dir", "message", "log_path", "result_dir",
+                 "known_light_path"):
         setattr(scene.prd, name, "")
     scene.prd.source = "TRANSFORMS"
     scene.prd.quality = "CUSTOM"
     scene.prd.device = "cpu"
     scene.prd.overwrite = False
+    scene.prd.use_known_light, scene.prd.known_light_rotation = False, 0.0
     scene.prd.status = "IDLE"
     # The mesh step and the automatic import add a minute per job: tests that want them turn them on.
     scene.prd.build_mesh = False

@@ -359,3 +359,35 @@ def test_train_command_and_failure_messages(tmp_path):
     j.proc.stderr_tail.extend(["Traceback (most recent call last):", "ModuleNotFoundError: No module named 'torch'"])
     assert "no torch" in j._failure_message(1)
     assert "killed" in j._failure_message(-9)
+
+
+def test_known_lighting_is_checked_then_reaches_the_trainer(scene, tmp_path):
+    """The panel's Known Lighting: a missing or non-HDR file is refused before anything starts; a real one
+    reaches the trainer (turned as set) and the run records it; a resumed run keeps its own."""
+    import math
+
+    from prd_blender.trainer.shading.hdr_io import write_exr
+
+    out = tmp_path / "o"
+    scene.prd.use_known_light, scene.prd.distill_iterations = True, 2
+    scene.prd.transforms_path, scene.prd.output_dir = str(SAMPLE), str(out)
+    with pytest.raises(RuntimeError, match="choose the capture's HDRI"):
+        bpy.ops.prd.start()
+    (tmp_path / "sky.png").write_bytes(b"png")
+    scene.prd.known_light_path = str(tmp_path / "sky.png")
+    with pytest.raises(RuntimeError, match=r"not an \.hdr or \.exr"):
+        bpy.ops.prd.start()
+    scene.prd.known_light_path = str(tmp_path / "sky.exr")
+    write_exr(tmp_path / "sky.exr", np.linspace(2.0, 0.1, 16 * 32 * 3, dtype=np.float32).reshape(16, 32, 3))
+    scene.prd.distill_iterations = 0
+    with pytest.raises(RuntimeError, match="material stages"):
+        bpy.ops.prd.start()
+    assert not operators.job_running() and not out.exists()  # nothing started, nothing written
+    scene.prd.known_light_rotation = math.radians(90.0)
+    _start(scene, SAMPLE, out, iterations=10, distill=2)
+    drive(operators.poll_job, 180)
+    assert scene.prd.status == "DONE", scene.prd.message
+    distill = json.loads((out / "run.json").read_text())["distill"]
+    assert distill["known_light"] == str(tmp_path / "sky.exr") and distill["known_light_rotation"] == 90.0
+    argv = jobmod.train_command("py", "c", "o", resume=True, light=("sky.exr", 90.0))
+    assert "--light" not in argv

@@ -17,8 +17,9 @@ from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
 from prd_blender.trainer.shading.envmap import EnvironmentLight
 from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
 from prd_blender.trainer.train.densify import DensifyStrategy
-from prd_blender.trainer.train.distill import DistillConfig, distill_loss, shade_maps
+from prd_blender.trainer.train.distill import DistillConfig, _optimizers, _set_stage_lrs, distill_loss, shade_maps
 from prd_blender.trainer.train.gaussians import Gaussians
+from prd_blender.trainer.train.losses import albedo_smoothness
 from prd_blender.trainer.train.stage1 import Stage1Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -341,3 +342,85 @@ def test_physical_term_can_leave_the_light_to_the_blend():
     assert torch.allclose(grads["fixed"][1], grads["on"][1])  # the albedo learns from the term as before
     assert torch.allclose(grads["fixed"][0], grads["off"][0], atol=1e-12)  # the light only from the blend
     assert grads["on"][0].abs().sum() > 10 * grads["off"][0].abs().sum()  # which is much less than with it
+
+
+def test_albedo_smoothness_spares_edges_the_photo_shows():
+    """An albedo step costs less where the photo has the same edge than where the photo is flat; a flat
+    albedo costs nothing, and pixels without surface are not counted."""
+    n = 8
+    step = torch.zeros(n, n, 3)
+    step[:, n // 2:] = 0.5
+    cover = torch.ones(n, n, 1)
+    flat_photo = torch.full((n, n, 3), 0.4)
+    edge_photo = 0.2 + step
+    assert albedo_smoothness(torch.full((n, n, 3), 0.3), cover, edge_photo).item() == 0.0
+    on_edge = albedo_smoothness(step, cover, edge_photo).item()
+    off_edge = albedo_smoothness(step, cover, flat_photo).item()
+    assert 0 < on_edge < 0.05 * off_edge
+    assert off_edge == pytest.approx(n * 1.5 / (n * n))  # one column of jumps of 0.5 in three channels
+    half = cover.clone()
+    half[:, n // 2:] = 0  # the step's bright side has no surface: no neighbour pair crosses it
+    assert albedo_smoothness(step, half, flat_photo).item() == 0.0
+
+
+def test_light_learning_rate_after_stage_two():
+    """``lr_light_stage34`` sets the light's rate once stage 2 is over; real scenes still freeze it in stage 4."""
+    model = Gaussians.random_in_sphere(np.zeros(3), 1.0, 20)
+    model.add_pbr(progress=0.5)
+    cfg = DistillConfig(lr_light=0.01, lr_light_stage34=0.002)
+    opt = _optimizers(model, EnvironmentLight(8), cfg, 1.0)
+    rates = {}
+    for stage, real in ((2, False), (3, False), (4, False), (4, True)):
+        _set_stage_lrs(opt, stage, dataclasses.replace(cfg, real_scene=real), held=False)
+        rates[stage, real] = opt["light"].param_groups[0]["lr"]
+    assert rates == {(2, False): 0.01, (3, False): 0.002, (4, False): 0.002, (4, True): 0.0}
+    _set_stage_lrs(opt, 3, DistillConfig(lr_light=0.03), held=False)  # unset: stages 3-4 follow lr_light
+    assert opt["light"].param_groups[0]["lr"] == 0.03
+
+
+def _sky(h: int = 16) -> np.ndarray:
+    """A bright warm sky over a dark ground, brighter towards +X: an equirect map with direction in it."""
+    rows = np.linspace(2.0, 0.05, h)[:, None, None]
+    cols = 1.0 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, 2 * h))[None, :, None]
+    return (rows * cols * np.array([1.0, 0.8, 0.6])).astype(np.float32)
+
+
+def test_known_light_keeps_its_shape_and_learns_only_a_gain(tmp_path):
+    """``known_light``: the run's environment is the given map, turned as asked, times one gain per channel
+    that training chose (the images' exposure): texel ratios to the map are one constant per channel."""
+    from prd_blender.trainer.shading.envmap import rotated_environment
+
+    hdri = tmp_path / "surroundings.exr"
+    write_exr(hdri, _sky())
+    s1, d = configs()
+    d.known_light, d.known_light_rotation = str(hdri), 90.0
+    out = tmp_path / "run"
+    run_train(SAMPLE, out, resolution=32, config=s1, distill=d, quiet=True)
+    learned = EnvironmentLight(16)
+    learned.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False)["light"])
+    with torch.no_grad():
+        ratio = (learned.cube() / EnvironmentLight(16, init=rotated_environment(_sky(), 90.0)).cube()).reshape(-1, 3)
+        unturned = (learned.cube() / EnvironmentLight(16, init=_sky()).cube()).reshape(-1, 3)
+    assert (ratio.std(0) / ratio.mean(0) < 1e-4).all()  # the shape is the map's
+    assert (ratio.mean(0) - 1).abs().max() > 0.01  # a gain was fitted
+    assert (unturned.std(0) / unturned.mean(0) > 0.1).all()  # and the rotation was applied
+    env = read_exr(out / "environment.exr")  # what Blender gets: the same map, turned, at the fitted gain
+    expected = rotated_environment(_sky(), 90.0).numpy() * ratio.mean(0).numpy()
+    assert np.corrcoef(env[..., 0].ravel(), np.asarray(
+        EnvironmentLight(16, init=expected).to_equirect(256)[..., 0]).ravel())[0, 1] > 0.999
+    assert json.loads((out / "run.json").read_text())["distill"]["known_light"] == str(hdri)
+
+
+def test_train_refuses_a_bad_known_light_before_touching_the_output(tmp_path):
+    (tmp_path / "broken.exr").write_bytes(b"not an exr")
+    flat = tmp_path / "flat.exr"
+    write_exr(flat, np.ones((16, 16, 3), np.float32))  # square: not an equirect map
+    for bad, why in (("missing.hdr", "cannot read"), ("broken.exr", "cannot read"), ("flat.exr", "equirectangular")):
+        out = tmp_path / f"out_{bad}"
+        r = subprocess.run([sys.executable, "-m", "prd_blender.trainer", "train", str(SAMPLE), "--out", str(out),
+                            "--resolution", "32", "--light", str(tmp_path / bad)], capture_output=True, text=True)
+        assert r.returncode == 2 and "known light" in r.stderr and why in r.stderr, r.stderr
+        assert not out.exists()
+    r = subprocess.run([sys.executable, "-m", "prd_blender.trainer", "train", str(SAMPLE), "--out", str(tmp_path / "o"),
+                        "--stages", "1", "--light", str(flat)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--light" in r.stderr

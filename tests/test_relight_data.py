@@ -231,6 +231,7 @@ def test_bench_relight_trains_and_records_every_variant(quick_bench: Path, tmp_p
         assert sorted(hdris) == ["quarry_01_1k", "spruit_sunrise_1k"]
         assert met["relight_psnr"] == pytest.approx(np.mean(list(hdris.values())))
         assert 5 < met["relight_psnr"] < 60 and 5 < met["nvs_psnr"] < 60 and 0 <= met["roughness_mae"] <= 1
+        assert met["light_irradiance_error"] > 0 and -1 <= met["light_irradiance_corr"] <= 1
         assert rec["mean"][var]["relight_psnr"] == pytest.approx(met["relight_psnr"])  # one object
     assert json.loads(out.read_text())["objects"]["diffuse"]["variants"]["prd"]["relight_psnr_per_hdri"]
     # the second run loads stage 1 from the cache (recording its original seconds) and trains two seeds

@@ -184,3 +184,23 @@ def test_light_gradient_is_reproducible_with_several_threads():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_light_irradiance_score_sees_direction_not_level_or_tint():
+    """The benchmark's light score: a scaled, tinted copy of a light is exact (the scale fit absorbs what the
+    albedo can), a light turned upside down is wrong and anti-correlated, a uniform one uncorrelated."""
+    from prd_blender.trainer.bench.light_score import fibonacci_normals, light_irradiance_score
+
+    n = fibonacci_normals(2000)
+    assert torch.allclose(n.norm(dim=-1), torch.ones(2000)) and n.mean(0).abs().max() < 1e-3  # even spread
+    h = 32
+    rows = torch.linspace(1.0, 0.05, h)[:, None, None]  # bright sky above, dark ground
+    sky = (rows * torch.ones(h, 2 * h, 3)).numpy()
+    true = EnvironmentLight(16, init=sky)
+    tinted = light_irradiance_score(EnvironmentLight(16, init=sky * [3.0, 2.0, 0.5]), true)
+    assert tinted["light_irradiance_error"] < 1e-3 and tinted["light_irradiance_corr"] > 0.999
+    flipped = light_irradiance_score(EnvironmentLight(16, init=sky[::-1].copy()), true)
+    assert flipped["light_irradiance_error"] > 0.3 and flipped["light_irradiance_corr"] < -0.99
+    flat = light_irradiance_score(EnvironmentLight(16, init=0.5), true)
+    assert flat["light_irradiance_corr"] == 0.0
+    assert 0.05 < flat["light_irradiance_error"] < flipped["light_irradiance_error"]

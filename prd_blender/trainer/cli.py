@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="photos without masks: progress target 1 everywhere, light frozen in stage 4, ACES tone map")
     t.add_argument("--dielectric", action="store_true",
                    help="the object has no bare metal: a prior pulls metallic to 0 (see docs/benchmarks.md)")
+    t.add_argument("--light", type=Path, metavar="HDRI",
+                   help="the capture's surroundings as an equirect .hdr/.exr (Blender's convention): the light keeps "
+                   "its shape and only its exposure is fitted, which pins materials a learned light cannot")
+    t.add_argument("--light-rotation", type=float, default=0.0, metavar="DEG",
+                   help="turn --light about +Z, as Blender's Mapping node does (degrees)")
     size = t.add_mutually_exclusive_group()
     size.add_argument("--resolution", type=int, help="longer image side in pixels")
     size.add_argument("--downscale", type=float, help="divide image sides by this factor")
@@ -165,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--keep", type=Path,
                      help="write each trained model as a run folder KEEP/<variant>_seed<seed>/<object> (for prd "
                      "relight, bench mesh --runs KEEP/prd_seed0, Blender's import)")
+    brl.add_argument("--known-light", action="store_true",
+                     help="give every variant the object's training HDRI as a known light (its exposure still fitted)")
     brl.add_argument("--stage1-cache", type=Path, help="keep/reuse each object's stage-1 model in this folder")
     brl.add_argument("--seeds", type=_seeds, default=[0],
                      help="comma-separated seeds: stages 2-4 are trained once per seed, metrics are the means")
@@ -192,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.stages == 4 and args.distill_iterations < 1:
         # a four-stage run with empty stages 2-4 would end without light or visibility to write
         parser.error("--distill-iterations must be at least 1 (--stages 1 trains the radiance field alone)")
+    if args.command == "train" and args.light is not None and (args.stages != 4 or args.resume):
+        parser.error("--light belongs to a new four-stage run (a resumed run keeps the light it was started with)")
     from .capture import CaptureError
     from .outputs import OutputFolderError
 
@@ -206,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
                 distill = DistillConfig(stage2=n, stage3=n, stage4=n, real_scene=args.real_scene,
                                         tonemap="aces" if args.real_scene else "srgb",
                                         metallic_weight=DIELECTRIC_PRIOR if args.dielectric else 0.0)
+                if args.light is not None:
+                    from .train.distill import initial_light
+
+                    distill.known_light = str(args.light.expanduser().resolve())
+                    distill.known_light_rotation = args.light_rotation
+                    try:
+                        initial_light(distill)  # a bad map fails now, not after stage 1
+                    except ValueError as exc:
+                        print(f"prd: error: {exc}", file=sys.stderr)
+                        return 2
             capture = Path(args.capture)
             if not args.resume:  # a bare photo folder gets its poses first (a resumed run reuses OUT/sfm)
                 from .sfm import poses_for_training
@@ -277,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             variants = [v for v in args.variants.split(",") if v]
             bench_relight(args.data, args.objects.split(","), variants, args.iterations,
                           args.distill_iterations, args.hdri_dir, args.json, args.stage1_cache, args.seeds,
-                          stage1_overrides=stage1, keep=args.keep, **overrides)
+                          stage1_overrides=stage1, keep=args.keep, known_light=args.known_light, **overrides)
     except (CaptureError, OutputFolderError) as exc:
         print(f"prd: error: {exc}", file=sys.stderr)
         return 2

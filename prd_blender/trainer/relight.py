@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .outputs import OutputFolderError, read_manifest
 from .raster import choose_backend
 from .results import write_png
 from .shading.brdf_lut import get_brdf_lut
-from .shading.envmap import EnvironmentLight, equirect_dirs, sample_equirect
+from .shading.envmap import EnvironmentLight, rotated_environment
 from .shading.hdr_io import read_image
 from .shading.visibility import VisibilityGrid
 from .train.distill import DistillConfig, shade_maps
 from .train.gaussians import Gaussians
 from .train.render import Camera, render_pbr_maps
-
-
-def rotated_environment(img: np.ndarray, rotation_deg: float, strength: float = 1.0) -> torch.Tensor:
-    """Turn an equirect map about world +Z by ``rotation_deg`` (what sat at direction d moves to R d),
-    the same sense as Blender's Mapping node Z rotation on the world's vector."""
-    h = img.shape[0]
-    dirs = equirect_dirs(h, img.shape[1])
-    t = math.radians(rotation_deg)
-    c, s = math.cos(t), math.sin(t)
-    rot_inv = torch.tensor([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-    return sample_equirect(img, dirs @ rot_inv.T) * strength
 
 
 def camera_from_record(rec: dict) -> Camera:

@@ -30,6 +30,7 @@ from ..train.progress import Progress
 from ..train.render import Camera, render_pbr_maps
 from ..train.stage1 import Stage1Config, camera_extent, train_stage1
 from .common import record, table
+from .light_score import light_irradiance_score
 from .relight_ceiling import shading_ceiling
 from .relight_data import load_relight_object, mae, normal_angle_error_deg, scale_fit_psnr
 from .relight_score import FITS, relight_psnr
@@ -74,14 +75,19 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
             m["relight_psnr"].append(scores["display"])
             m["relight_psnr_fit_all"].append(scores["all"])  # the metric of relighting runs 1-7
     # per HDRI as well: a hard sun (quarry) and a soft sky fail differently
-    return {**{k: float(np.mean(v)) for k, v in m.items()},
-            "relight_psnr_per_hdri": {h: float(np.mean(v)) for h, v in per_hdri.items()}}
+    out = {**{k: float(np.mean(v)) for k, v in m.items()},
+           "relight_psnr_per_hdri": {h: float(np.mean(v)) for h, v in per_hdri.items()}}
+    info = obj.meta.get("hdri")
+    if info:  # the learned light against the one the training images were rendered under
+        env = read_image(hdri_dir / info["file"]) * float(info.get("strength", 1.0))
+        out.update(light_irradiance_score(light, EnvironmentLight(cfg.light_resolution, init=env)))
+    return out
 
 
 def bench_relight(
     data: Path, objects: list[str], variants: list[str], iterations: int, distill_iterations: int,
     hdri_dir: Path, json_path: Path | None, stage1_cache: Path | None = None, seeds: Sequence[int] = (0,),
-    stage1_overrides: dict | None = None, keep: Path | None = None, **distill_overrides,
+    stage1_overrides: dict | None = None, keep: Path | None = None, known_light: bool = False, **distill_overrides,
 ) -> dict:
     """``distill_overrides``: DistillConfig fields (e.g. normal_weight, visibility_resolution) for every variant.
     With no variants only the ceiling (ground-truth inputs under the overridden shading settings) is computed.
@@ -97,6 +103,9 @@ def bench_relight(
     ``keep``: write each trained model there as a complete run folder, ``<variant>_seed<seed>/<object>/``
     (``pipeline.save_distilled_run``), which ``prd relight``, ``prd bench mesh --runs KEEP/prd_seed0`` and
     Blender's import read; None keeps nothing.
+
+    ``known_light``: every variant is given the object's training HDRI as a known light (``DistillConfig.known_light``:
+    its shape fixed, its gain fitted), as a user with an HDRI of the capture's surroundings would.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -109,7 +118,8 @@ def bench_relight(
     n = distill_iterations
     base = DistillConfig(**{"stage2": n, "stage3": n, "stage4": n, **distill_overrides})  # --set may shorten a stage
     results: dict = {
-        "objects": {}, "iterations": iterations, "distill_iterations": n, "distill_config": dataclasses.asdict(base),
+        "objects": {}, "known_light": known_light, "iterations": iterations, "distill_iterations": n,
+        "distill_config": dataclasses.asdict(base),
         "seeds": seeds, "stage1_config": {k: v for k, v in dataclasses.asdict(
             Stage1Config(iterations=iterations, **(stage1_overrides or {}))).items() if k != "densify"},
     }
@@ -128,6 +138,8 @@ def bench_relight(
                 per["stage1_seconds"] = round(t_stage1, 1)
             for var in variants:
                 cfg = dataclasses.replace(base, variant=var)
+                if known_light:
+                    cfg.known_light = str((hdri_dir / obj.meta["hdri"]["file"]).resolve())
                 runs = {}
                 for seed in seeds:
                     t1 = time.time()

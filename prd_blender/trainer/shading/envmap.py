@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from ..train.sh import sh_basis
 
 __all__ = [
-    "dir_to_equirect_uv", "equirect_uv_to_dir", "equirect_dirs", "sample_equirect",
+    "dir_to_equirect_uv", "equirect_uv_to_dir", "equirect_dirs", "sample_equirect", "rotated_environment",
     "dir_to_cube", "cube_texel_dirs", "cube_texel_solid_angles", "sample_cube",
     "equirect_to_cubemap", "cubemap_to_equirect", "downsample_cube", "ggx_filter_matrix",
     "EnvironmentLight",
@@ -297,6 +297,17 @@ def _sh_projection(size: int, order: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- the light
+
+
+def rotated_environment(img: np.ndarray, rotation_deg: float, strength: float = 1.0) -> torch.Tensor:
+    """Turn an equirect map about world +Z by ``rotation_deg`` (what sat at direction d moves to R d),
+    the same sense as Blender's Mapping node Z rotation on the world's vector."""
+    h = img.shape[0]
+    dirs = equirect_dirs(h, img.shape[1])
+    t = math.radians(rotation_deg)
+    c, s = math.cos(t), math.sin(t)
+    rot_inv = torch.tensor([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+    return sample_equirect(img, dirs @ rot_inv.T) * strength
 
 
 class EnvironmentLight(torch.nn.Module):

@@ -21,14 +21,15 @@ import torch
 from ..capture import View
 from ..shading.brdf_lut import BrdfLut, get_brdf_lut
 from ..shading.diffuse import diffuse_irradiance, irradiance_sh
-from ..shading.envmap import EnvironmentLight
+from ..shading.envmap import EnvironmentLight, rotated_environment
+from ..shading.hdr_io import read_image
 from ..shading.indirect import indirect_irradiance, indirect_radiance
 from ..shading.shade import linear_to_srgb
 from ..shading.specular_occlusion import specular_visibility
 from ..shading.visibility import VisibilityGrid, bake_visibility
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gaussians import Gaussians
-from .losses import image_loss, psnr
+from .losses import albedo_smoothness, image_loss, psnr
 from .progress import Progress
 from .render import Camera, normal_consistency, render_pbr_maps
 from .stage1 import Cancelled, StopFlag
@@ -53,6 +54,9 @@ class DistillConfig:
     lr_progress_stage2: float = 0.0  # with progress_init: stage 2 is the physical branch's specular fit
     lr_progress_stage4: float = 0.01
     lr_light: float = 0.01
+    # The light's rate in stages 3-4 (None: lr_light). A tenth (0.001) measured no better: diffuse relighting
+    # +0.16 dB (noise), mixed -0.40 dB (docs/benchmarks.md, relighting run 12).
+    lr_light_stage34: float | None = None
     lr_means: float = 1.6e-6  # times the scene extent: geometry keeps refining, slowly
     lr_scales: float = 5e-3
     lr_quats: float = 1e-3
@@ -73,6 +77,13 @@ class DistillConfig:
     visibility_offset: float = 2.5
     tonemap: str = "srgb"  # "srgb" for captures rendered with a Standard view transform, "aces" for photos
     real_scene: bool = False  # no mask: progress target 1 everywhere, light frozen in stage 4
+    # A known environment: an equirect HDR/EXR of the capture's surroundings (Blender's convention, turned about
+    # +Z by ``known_light_rotation`` degrees, as Blender's Mapping node). The light keeps that map's shape and
+    # only a per-channel gain is fitted (the images' exposure and white balance). On a diffuse object the images
+    # cannot tell light from albedo (per-Gaussian albedo absorbs any smooth error of the light); None: learned.
+    # Given the training HDRI (relighting run 12): relighting glossy +1.03, mixed +0.33, diffuse +1.86 dB.
+    known_light: str | None = None
+    known_light_rotation: float = 0.0
     # Metallic at the start of stage 3 (None: keep stage 2's 1). Stage 2 shades everything as metal, so
     # its metallic value carries no evidence; starting from 1 (sigmoid logit 9) the freed parameter
     # barely moves (run 1: MAE 0.73 on a dielectric). A neutral 0.5 puts it where the sigmoid is steepest.
@@ -124,6 +135,10 @@ class DistillConfig:
     # light, so what physics cannot explain does not leak into it). False measured worse on mixed: relighting
     # 23.14 dB against 23.75, albedo 16.23 against 18.20 dB (relighting run 11).
     physical_light: bool = True
+    # Edge-aware albedo smoothness (train.losses.albedo_smoothness) from stage 3 on; 0 turns it off. Meant to
+    # pin the light on diffuse objects, whose per-Gaussian albedo absorbs any smooth error in the light; at 0.02
+    # the light's irradiance grew more contrasty instead and diffuse relit 0.59 dB worse (relighting run 12).
+    albedo_smooth_weight: float = 0.0
     propagate_hold: int = 100
     checkpoint_every: int = 500
     log_every: int = 10
@@ -261,7 +276,10 @@ def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: Env
         if target is None:
             target = maps["coverage"].detach()  # real scenes: progress 1 wherever there is surface
         loss = loss + cfg.mask_weight * ((splat_progress - target) ** 2).mean()
-        loss = loss + cfg.light_weight * light_grey_loss(light)
+        if not cfg.known_light:  # a known light's colour is the map's, not a prior's
+            loss = loss + cfg.light_weight * light_grey_loss(light)
+    if stage >= 3 and cfg.albedo_smooth_weight > 0:
+        loss = loss + cfg.albedo_smooth_weight * albedo_smoothness(maps["albedo"], maps["coverage"], cam.image)
     if stage >= 3 and cfg.metallic_weight > 0:
         loss = loss + cfg.metallic_weight * metallic_prior(maps, cfg.metallic_prior_power)
     if _physical_term_on(stage, cfg):
@@ -299,8 +317,30 @@ def _set_stage_lrs(opt: dict, stage: int, cfg: DistillConfig, held: bool) -> Non
     opt["metallic"].param_groups[0]["lr"] = 0.0 if stage == 2 else cfg.lr_metallic
     progress_lr = {2: cfg.lr_progress_stage2, 4: cfg.lr_progress_stage4}.get(stage, cfg.lr_progress)
     opt["progress"].param_groups[0]["lr"] = 0.0 if cfg.variant == "direct" else progress_lr
-    opt["light"].param_groups[0]["lr"] = 0.0 if (stage == 4 and cfg.real_scene) else cfg.lr_light
+    light_lr = cfg.lr_light if stage == 2 or cfg.lr_light_stage34 is None else cfg.lr_light_stage34
+    opt["light"].param_groups[0]["lr"] = 0.0 if (stage == 4 and cfg.real_scene) else light_lr
     opt["opacities"].param_groups[0]["lr"] = 0.0 if held else cfg.lr_opacities
+
+
+def initial_light(cfg: DistillConfig) -> EnvironmentLight:
+    """The light stage 2 starts from: the known environment if there is one, else a uniform grey."""
+    if not cfg.known_light:
+        return EnvironmentLight(cfg.light_resolution)
+    path = Path(cfg.known_light)
+    try:
+        img = read_image(path)
+    except (OSError, ValueError, RuntimeError) as e:  # missing, not HDR/EXR, or corrupt (OpenEXR)
+        raise ValueError(f"known light {path}: cannot read it as an HDR/EXR environment map ({e})") from e
+    if img.ndim != 3 or img.shape[1] != 2 * img.shape[0] or not np.isfinite(img).all():
+        raise ValueError(f"known light {path}: expected a finite equirectangular map (width = 2 x height), "
+                         f"got shape {img.shape}")
+    return EnvironmentLight(cfg.light_resolution, init=rotated_environment(img, cfg.known_light_rotation))
+
+
+def _gain_only(grad: torch.Tensor) -> torch.Tensor:
+    """A known light's log-radiance learns one offset per channel: every texel gets the channel's mean
+    gradient, so Adam moves them all alike and the map keeps its shape (a gain, no extra parameter)."""
+    return grad.mean(dim=(0, 1, 2), keepdim=True).expand_as(grad)
 
 
 def _reset_param(model: Gaussians, opt: dict, name: str, value: float) -> None:
@@ -369,8 +409,10 @@ def train_distill(
     else:
         if not model.has_pbr:
             model.add_pbr(progress=cfg.progress_init)
-        light = EnvironmentLight(cfg.light_resolution)
+        light = initial_light(cfg)
         it0, order, cursor, vis, elapsed0 = 0, [], 0, None, 0.0
+    if cfg.known_light:
+        light.log_radiance.register_hook(_gain_only)
     opt = _optimizers(model, light, cfg, extent)
     if resume_state is not None:
         for k, o in opt.items():
