@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -385,13 +386,47 @@ def _sky(h: int = 16) -> np.ndarray:
     return (rows * cols * np.array([1.0, 0.8, 0.6])).astype(np.float32)
 
 
+def _sunny_sky(h: int = 16) -> np.ndarray:
+    """``_sky`` with a sun: one texel a thousand times the sky's brightness, up and towards +X."""
+    img = _sky(h)
+    img[h // 4, h] = 1000.0 * np.array([1.0, 0.9, 0.8], np.float32)
+    return img
+
+
+def test_known_light_sun_is_split_off_and_its_gain_trains():
+    """A known light with a sun is shaded in training as sky + sun (hard shadow) and the sun's light still
+    reaches the gain: the gradient of a sunlit pixel flows into the light's log-radiance through the split."""
+    from prd_blender.trainer.train.distill import _gain_only, trained_environment
+
+    light = EnvironmentLight(16, init=_sunny_sky())
+    light.log_radiance.register_hook(_gain_only)
+    cfg = DistillConfig(known_light="given.exr", light_resolution=16)
+    sky, sun = trained_environment(light, cfg)
+    assert sun is not None and float(sun.direction[0]) > 0.5 and float(sun.direction[2]) > 0.5
+    with torch.no_grad():
+        assert float(sky.cube().max()) < 0.05 * float(light.cube().max())  # the sun left the sky
+    assert trained_environment(light, dataclasses.replace(cfg, known_light=None))[1] is None  # learned: whole
+    assert trained_environment(light, dataclasses.replace(cfg, known_light_sun=False))[1] is None
+    maps = {"albedo": torch.full((1, 1, 3), 0.5), "roughness": torch.full((1, 1, 1), 0.6),
+            "metallic": torch.zeros(1, 1, 1), "normal": sun.direction.reshape(1, 1, 3),
+            "view": torch.tensor([[[0.0, 0.0, 1.0]]]), "position": torch.zeros(1, 1, 3),
+            "progress": torch.ones(1, 1, 1), "raw": torch.zeros(1, 1, 3)}
+    phy = shade_maps(maps, sky, get_brdf_lut(), None, 3, cfg, sun)["phy"]
+    assert float(phy[0, 0, 0].detach()) > float(0.5 / math.pi * sun.irradiance[0].detach()) * 0.99  # the sun lights it
+    phy.sum().backward()
+    grad = light.log_radiance.grad
+    assert grad is not None and (grad.reshape(-1, 3)[0] > 0).all()
+    assert torch.allclose(grad, grad.reshape(-1, 3)[0].expand_as(grad.reshape(-1, 3)).reshape(grad.shape))
+
+
 def test_known_light_keeps_its_shape_and_learns_only_a_gain(tmp_path):
     """``known_light``: the run's environment is the given map, turned as asked, times one gain per channel
-    that training chose (the images' exposure): texel ratios to the map are one constant per channel."""
+    that training chose (the images' exposure): texel ratios to the map are one constant per channel. The
+    map has a sun, so training shades it split off (``known_light_sun``): the gain trains through it."""
     from prd_blender.trainer.shading.envmap import rotated_environment
 
     hdri = tmp_path / "surroundings.exr"
-    write_exr(hdri, _sky())
+    write_exr(hdri, _sunny_sky())
     s1, d = configs()
     d.known_light, d.known_light_rotation = str(hdri), 90.0
     out = tmp_path / "run"
@@ -399,13 +434,14 @@ def test_known_light_keeps_its_shape_and_learns_only_a_gain(tmp_path):
     learned = EnvironmentLight(16)
     learned.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False)["light"])
     with torch.no_grad():
-        ratio = (learned.cube() / EnvironmentLight(16, init=rotated_environment(_sky(), 90.0)).cube()).reshape(-1, 3)
-        unturned = (learned.cube() / EnvironmentLight(16, init=_sky()).cube()).reshape(-1, 3)
+        given = EnvironmentLight(16, init=rotated_environment(_sunny_sky(), 90.0))
+        ratio = (learned.cube() / given.cube()).reshape(-1, 3)
+        unturned = (learned.cube() / EnvironmentLight(16, init=_sunny_sky()).cube()).reshape(-1, 3)
     assert (ratio.std(0) / ratio.mean(0) < 1e-4).all()  # the shape is the map's
     assert (ratio.mean(0) - 1).abs().max() > 0.01  # a gain was fitted
     assert (unturned.std(0) / unturned.mean(0) > 0.1).all()  # and the rotation was applied
     env = read_exr(out / "environment.exr")  # what Blender gets: the same map, turned, at the fitted gain
-    expected = rotated_environment(_sky(), 90.0).numpy() * ratio.mean(0).numpy()
+    expected = rotated_environment(_sunny_sky(), 90.0).numpy() * ratio.mean(0).numpy()
     assert np.corrcoef(env[..., 0].ravel(), np.asarray(
         EnvironmentLight(16, init=expected).to_equirect(256)[..., 0]).ravel())[0, 1] > 0.999
     assert json.loads((out / "run.json").read_text())["distill"]["known_light"] == str(hdri)

@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--known-light", action="store_true",
                      help="give every variant the object's training HDRI as a known light (its exposure still fitted)")
     brl.add_argument("--stage1-cache", type=Path, help="keep/reuse each object's stage-1 model in this folder")
+    brl.add_argument("--rescore", type=Path, metavar="KEEP",
+                     help="train nothing: score the models an earlier --keep KEEP wrote, with today's shading (--set "
+                     "changes each run's own settings, e.g. sun_ratio=0)")
     brl.add_argument("--seeds", type=_seeds, default=[0],
                      help="comma-separated seeds: stages 2-4 are trained once per seed, metrics are the means")
     brl.add_argument("--json", type=Path, default=Path("docs/benchmarks/relight.json"))
@@ -294,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
 
             stage1 = parse_overrides(args.set_stage1, Stage1Config, "--set-stage1")
             variants = [v for v in args.variants.split(",") if v]
+            if args.rescore is not None:
+                from .bench.relight import rescore_relight
+
+                rescore_relight(args.data, args.rescore, args.objects.split(","), args.hdri_dir, args.json,
+                                **parse_overrides(args.set))
+                return 0
             bench_relight(args.data, args.objects.split(","), variants, args.iterations,
                           args.distill_iterations, args.hdri_dir, args.json, args.stage1_cache, args.seeds,
                           stage1_overrides=stage1, keep=args.keep, known_light=args.known_light, **overrides)

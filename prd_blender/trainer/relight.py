@@ -14,7 +14,7 @@ from .shading.brdf_lut import get_brdf_lut
 from .shading.envmap import EnvironmentLight, rotated_environment
 from .shading.hdr_io import read_image
 from .shading.visibility import VisibilityGrid
-from .train.distill import DistillConfig, shade_maps
+from .train.distill import DistillConfig, relight_environment, shade_maps
 from .train.gaussians import Gaussians
 from .train.render import Camera, render_pbr_maps
 
@@ -46,7 +46,7 @@ def run_relight(
     model = Gaussians.load_ply(out / files["gaussians"])
     vis = VisibilityGrid.load(out / files["visibility"]) if "visibility" in files else None  # no stage 3-4
     env = rotated_environment(read_image(hdri), rotation, strength)
-    light = EnvironmentLight(cfg.light_resolution, init=env)
+    light, sun = relight_environment(EnvironmentLight(cfg.light_resolution, init=env), cfg)
     cams = json.loads((out / "cameras.json").read_text(encoding="utf-8"))["cameras"]
     if views in ("test", "train"):
         chosen = [c for c in cams if c["split"] == views]
@@ -65,7 +65,7 @@ def run_relight(
     for rec in chosen:
         cam = camera_from_record(rec)
         maps = render_pbr_maps(model, cam, cfg.sh_degree, backend)
-        img = shade_maps(maps, light, lut, vis, 4, cfg)["phy_display"]
+        img = shade_maps(maps, light, lut, vis, 4, cfg, sun)["phy_display"]
         path = dest / f"{Path(rec['name']).stem}.png"
         write_png(path, img.numpy(), maps["coverage"][..., 0].numpy())
         paths.append(path)

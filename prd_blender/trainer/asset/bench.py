@@ -213,7 +213,7 @@ def gaussian_relight(run: Path, obj, test_views, lights: list[dict],
     from ..shading.envmap import EnvironmentLight
     from ..shading.hdr_io import read_image
     from ..shading.visibility import VisibilityGrid
-    from ..train.distill import DistillConfig, shade_maps
+    from ..train.distill import DistillConfig, relight_environment, shade_maps
     from ..train.gaussians import Gaussians
     from ..train.render import Camera, render_pbr_maps
 
@@ -222,15 +222,15 @@ def gaussian_relight(run: Path, obj, test_views, lights: list[dict],
     model = Gaussians.load_ply(run / files["gaussians"])
     vis = VisibilityGrid.load(run / files["visibility"]) if "visibility" in files else None
     lut = get_brdf_lut()
-    envs = {x["name"]: EnvironmentLight(cfg.light_resolution, init=read_image(Path(x["file"])) * x["strength"])
-            for x in lights}
+    envs = {x["name"]: relight_environment(EnvironmentLight(cfg.light_resolution, init=read_image(Path(x["file"]))
+                                                            * x["strength"]), cfg) for x in lights}
     out: dict[str, dict[str, list[float]]] = {fit: {x["name"]: [] for x in lights} for fit in FITS}
     for i in frames:
         view, gt = test_views[i], obj.views[i]
         maps = render_pbr_maps(model, Camera.from_view(view), cfg.sh_degree, "cpu")
         mask = gt.mask > 0.5
-        for name, light in envs.items():
-            phy = shade_maps(maps, light, lut, vis, 4, cfg)["phy"].numpy()
+        for name, (light, sun) in envs.items():
+            phy = shade_maps(maps, light, lut, vis, 4, cfg, sun)["phy"].numpy()
             lin, disp = _ground_truth(gt, name, obj)
             for fit in FITS:
                 out[fit][name].append(relight_psnr(phy, lin, disp, mask, fit))

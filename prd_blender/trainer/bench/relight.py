@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,7 +24,14 @@ from ..shading.brdf_lut import get_brdf_lut
 from ..shading.envmap import EnvironmentLight
 from ..shading.hdr_io import read_image
 from ..shading.shade import linear_to_srgb
-from ..train.distill import DistillConfig, composite, shade_maps, train_distill
+from ..train.distill import (
+    DistillConfig,
+    composite,
+    relight_environment,
+    shade_maps,
+    train_distill,
+    trained_environment,
+)
 from ..train.gaussians import Gaussians
 from ..train.losses import psnr as psnr_t
 from ..train.progress import Progress
@@ -47,14 +55,18 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
     for h in obj.relight_hdris:
         info = next(x for x in obj.meta["relight_hdris"] if x["name"] == h)
         env = read_image(hdri_dir / info["file"]) * float(info.get("strength", 1.0))
-        relights[h] = EnvironmentLight(cfg.light_resolution, init=env)
+        whole = EnvironmentLight(cfg.light_resolution, init=env)
+        relights[h] = (*relight_environment(whole, cfg), whole)
     m = {"nvs_psnr": [], "relight_psnr": [], "relight_psnr_fit_all": [], "albedo_psnr": [], "normal_deg": [],
          "roughness_mae": [], "metallic_mae": [], "progress_mean": []}
     per_hdri: dict[str, list[float]] = {h: [] for h in relights}
+    sky_t, sun_t = trained_environment(light, cfg)
+    # The same maps relit with the whole map in the split sum (no sun split), for comparison in one run.
+    no_sun: dict[str, list[float]] = {h: [] for h, (_, sun, _) in relights.items() if sun is not None}
     for view, gt in zip(test_views, obj.views, strict=True):
         cam = Camera.from_view(view)
         maps = render_pbr_maps(model, cam, cfg.sh_degree, "cpu")
-        sh = shade_maps(maps, light, lut, vis, 4, cfg)
+        sh = shade_maps(maps, sky_t, lut, vis, 4, cfg, sun_t)
         img = composite(sh["blend"], maps["coverage"], bg).clamp(0, 1)
         m["nvs_psnr"].append(psnr_t(img, cam.image))
         mask = gt.mask > 0.5
@@ -63,8 +75,11 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
         m["roughness_mae"].append(mae(maps["roughness"][..., 0].numpy(), gt.roughness, mask))
         m["metallic_mae"].append(mae(maps["metallic"][..., 0].numpy(), gt.metallic, mask))
         m["progress_mean"].append(float(maps["progress"][..., 0].numpy()[mask].mean()))
-        for h, lt in relights.items():
-            phy = shade_maps(maps, lt, lut, vis, 4, cfg)["phy"].numpy()
+        for h, (sky, sun, whole) in relights.items():
+            phy = shade_maps(maps, sky, lut, vis, 4, cfg, sun)["phy"].numpy()
+            if h in no_sun and h in gt.relit_linear:
+                plain = shade_maps(maps, whole, lut, vis, 4, cfg)["phy"].numpy()
+                no_sun[h].append(relight_psnr(plain, gt.relit_linear[h], gt.relit[h], mask, "display"))
             if h in gt.relit_linear:
                 # the light/albedo scale is ambiguous: relight_score fits it in display space
                 scores = {f: relight_psnr(phy, gt.relit_linear[h], gt.relit[h], mask, f) for f in FITS}
@@ -77,6 +92,8 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
     # per HDRI as well: a hard sun (quarry) and a soft sky fail differently
     out = {**{k: float(np.mean(v)) for k, v in m.items()},
            "relight_psnr_per_hdri": {h: float(np.mean(v)) for h, v in per_hdri.items()}}
+    if any(no_sun.values()):
+        out["relight_psnr_per_hdri_no_sun"] = {h: float(np.mean(v)) for h, v in no_sun.items() if v}
     info = obj.meta.get("hdri")
     if info:  # the learned light against the one the training images were rendered under
         env = read_image(hdri_dir / info["file"]) * float(info.get("strength", 1.0))
@@ -170,6 +187,41 @@ def bench_relight(
                        for var in variants}
     results["mean_ceiling_relight_psnr"] = float(np.mean([results["objects"][o]["ceiling"]["relight_psnr"]
                                                           for o in objects]))
+    print(table(rows, HEADER))
+    return record(json_path, results)
+
+
+def rescore_relight(data: Path, runs: Path, objects: list[str], hdri_dir: Path, json_path: Path | None,
+                    **overrides) -> dict:
+    """Scores models kept by ``bench_relight(keep=RUNS)`` again, without training: every
+    ``RUNS/<variant>_seed<seed>/<object>`` folder of the chosen objects, with today's shading and metrics, each
+    run's own DistillConfig changed by ``overrides`` (e.g. ``sun_ratio=0``). So a change to relighting alone is
+    measured on the very same models."""
+    from ..outputs import read_manifest
+    from ..shading.hdr_io import read_exr
+    from ..shading.visibility import VisibilityGrid
+    from ..train.gaussians import Gaussians
+
+    folders = sorted(p for p in runs.glob("*_seed*/*") if p.name in objects and (p / "run.json").is_file())
+    if not folders:
+        raise ValueError(f"no kept runs for {', '.join(objects)} under {runs} (expected <variant>_seed<seed>/<object>)")
+    results: dict = {"runs": str(runs), "overrides": overrides, "objects": {}}
+    rows = []
+    for folder in folders:
+        obj = load_relight_object(data / folder.name)
+        test = load_capture(obj.test_transforms).views
+        files = read_manifest(folder)["files"]
+        saved = json.loads((folder / "run.json").read_text(encoding="utf-8"))["distill"]
+        cfg = dataclasses.replace(DistillConfig.from_run(saved), **overrides)
+        model = Gaussians.load_ply(folder / files["gaussians"])
+        light = EnvironmentLight(cfg.light_resolution, init=read_exr(folder / files["environment"]))
+        vis = VisibilityGrid.load(folder / files["visibility"]) if "visibility" in files else None
+        met = evaluate_object(model, light, vis, cfg, obj, test, hdri_dir)
+        results["objects"].setdefault(folder.name, {})[folder.parent.name] = met
+        rows.append([folder.name, folder.parent.name, f"{met['nvs_psnr']:.2f}", f"{met['relight_psnr']:.2f}",
+                     f"{met['albedo_psnr']:.2f}", f"{met['normal_deg']:.1f}", f"{met['roughness_mae']:.3f}",
+                     f"{met['progress_mean']:.2f}", "-"])
+        print(table(rows[-1:], HEADER), flush=True)
     print(table(rows, HEADER))
     return record(json_path, results)
 

@@ -22,7 +22,7 @@ from ..shading.brdf_lut import get_brdf_lut
 from ..shading.envmap import EnvironmentLight
 from ..shading.hdr_io import read_image
 from ..shading.visibility import bake_visibility
-from ..train.distill import DistillConfig, shade_maps
+from ..train.distill import DistillConfig, relight_environment, shade_maps
 from ..train.render import Camera, pixel_rays
 from .relight_data import RelightObject
 from .relight_score import FITS, relight_psnr
@@ -63,8 +63,8 @@ def shading_ceiling(obj: RelightObject, test_views: list[View], hdri_dir: Path, 
     vis = bake_visibility(means, scales, quats, opac, resolution=cfg.visibility_resolution, bounds=(lo - pad, hi + pad))
     lut = get_brdf_lut()
     infos = [obj.meta["hdri"], *obj.meta["relight_hdris"]]
-    lights = {i["name"]: EnvironmentLight(cfg.light_resolution, init=read_image(hdri_dir / i["file"])
-                                          * float(i.get("strength", 1.0))) for i in infos}
+    lights = {i["name"]: relight_environment(EnvironmentLight(cfg.light_resolution, init=read_image(
+        hdri_dir / i["file"]) * float(i.get("strength", 1.0))), cfg) for i in infos}
     scores: dict[str, dict[str, list[float]]] = {fit: {name: [] for name in lights} for fit in FITS}
     for view, gt in zip(test_views, obj.views, strict=True):
         cam = Camera.from_view(view)
@@ -80,8 +80,8 @@ def shading_ceiling(obj: RelightObject, test_views: list[View], hdri_dir: Path, 
             "progress": torch.ones(h, w, 1), "raw": torch.zeros(h, w, 3),
         }
         mask = gt.mask > 0.5
-        for name, light in lights.items():
-            phy = shade_maps(maps, light, lut, vis, 4, cfg)["phy"].numpy()
+        for name, (light, sun) in lights.items():
+            phy = shade_maps(maps, light, lut, vis, 4, cfg, sun)["phy"].numpy()
             if name == obj.hdri:
                 lin, disp = gt.linear, gt.image
             else:

@@ -344,6 +344,13 @@ class EnvironmentLight(torch.nn.Module):
         # Small floor: exp cannot reach 0, and log(0) would be -inf.
         self.log_radiance = torch.nn.Parameter(torch.log(rad.clamp_min(1e-4)).contiguous().clone())
 
+    @staticmethod
+    def from_cube(cube: torch.Tensor, mip_sizes: Sequence[int] | None = None,
+                  filter_eps: float = 1e-3) -> EnvironmentLight:
+        """A fixed light whose radiance is the given linear cube (6, R, R, 3), gradient included: what is
+        shaded with it trains whatever the cube was computed from."""
+        return _CubeLight(cube, mip_sizes, filter_eps)
+
     @property
     def level_roughness(self) -> list[float]:
         """Roughness of each mip level: k / (L - 1)."""
@@ -394,3 +401,15 @@ class EnvironmentLight(torch.nn.Module):
     def to_equirect(self, height: int = 256) -> torch.Tensor:
         """Linear radiance as an equirect image (H, 2H, 3) in Blender's convention, for export."""
         return cubemap_to_equirect(self.cube().detach(), height)
+
+
+class _CubeLight(EnvironmentLight):
+    """An ``EnvironmentLight`` over a given radiance tensor instead of its own parameter."""
+
+    def __init__(self, cube: torch.Tensor, mip_sizes: Sequence[int] | None, filter_eps: float):
+        super().__init__(int(cube.shape[1]), 0.5, mip_sizes, filter_eps)
+        self.log_radiance.requires_grad_(False)  # unused: ``cube`` is the radiance
+        self._radiance = cube
+
+    def cube(self) -> torch.Tensor:
+        return self._radiance

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numba import njit, prange
 
 from ..train.sh import sh_basis
@@ -135,6 +136,30 @@ def _march(density, cells, dirs, ybasis, start, step, t_min):
     return out
 
 
+@njit(parallel=True, cache=True)
+def _march_rays(density, starts, direction, step, t_max, t_min):
+    """Transmittance (P,) along one direction from each start (P, 3), all in cell-index units."""
+    n = starts.shape[0]
+    nx, ny, nz = density.shape
+    out = np.ones(n, np.float32)
+    log_t_min = math.log(t_min)
+    for p in prange(n):
+        tau = 0.0
+        t = 0.0
+        while t < t_max:
+            x = starts[p, 0] + direction[0] * t
+            y = starts[p, 1] + direction[1] * t
+            z = starts[p, 2] + direction[2] * t
+            if x < 0 or y < 0 or z < 0 or x > nx - 1 or y > ny - 1 or z > nz - 1:
+                break
+            tau += _trilinear(density, x, y, z) * step
+            if -tau < log_t_min:
+                break
+            t += step
+        out[p] = math.exp(-tau) if -tau >= log_t_min else 0.0
+    return out
+
+
 def _to_np(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -170,6 +195,9 @@ class VisibilityGrid:
     index: np.ndarray
     coeffs: np.ndarray
     order: int = 2
+    # The extinction density the SH was marched through (per cell length), kept for ray-marched shadows of a
+    # directional light (``transmittance``); None in grids saved before it was kept.
+    density: np.ndarray | None = None
 
     @property
     def resolution(self) -> tuple[int, int, int]:
@@ -204,14 +232,29 @@ class VisibilityGrid:
             out += table[idx] * w[:, None]
         return out
 
+    def transmittance(self, points: torch.Tensor, direction: torch.Tensor, step: float = 0.5) -> torch.Tensor:
+        """Transmittance (P,) from world points (P, 3) towards one unit direction (3,), marched through the
+        density with ``step`` cells; without a density, the SH visibility in that direction (clamped)."""
+        d = F.normalize(direction.detach().float().reshape(3), dim=0)
+        if self.density is None:
+            v = self.query(points)
+            y = sh_basis(d[None].to(points.device), self.order)[0]
+            return (v @ y).clamp(0, 1)
+        idx = (points.detach().double().cpu().numpy() - self.origin) / self.cell - 0.5
+        t_max = float(np.sqrt(3) * max(self.density.shape))
+        out = _march_rays(self.density, np.ascontiguousarray(idx), d.double().cpu().numpy(), float(step), t_max, 1e-3)
+        return torch.from_numpy(out).to(points.device)
+
     def save(self, path: str) -> None:
+        extra = {} if self.density is None else {"density": self.density.astype(np.float32)}
         np.savez_compressed(path, origin=self.origin, cell=self.cell, index=self.index, coeffs=self.coeffs,
-                            order=self.order)
+                            order=self.order, **extra)
 
     @classmethod
     def load(cls, path: str) -> VisibilityGrid:
         z = np.load(path)
-        return cls(z["origin"], float(z["cell"]), z["index"], z["coeffs"], int(z["order"]))
+        density = z["density"] if "density" in z.files else None
+        return cls(z["origin"], float(z["cell"]), z["index"], z["coeffs"], int(z["order"]), density)
 
 
 def bake_visibility(
@@ -274,4 +317,5 @@ def bake_visibility(
     dirs = fibonacci_directions(directions)
     ybasis = sh_basis(torch.from_numpy(dirs), order).numpy().astype(np.float64)
     coeffs = _march(density.astype(np.float32), cells, dirs, ybasis, float(start_offset), float(step), 1e-3)
-    return VisibilityGrid(origin.astype(np.float64), float(h), index, coeffs.astype(np.float32), order)
+    return VisibilityGrid(origin.astype(np.float64), float(h), index, coeffs.astype(np.float32), order,
+                          density.astype(np.float32))

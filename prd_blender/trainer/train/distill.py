@@ -26,6 +26,7 @@ from ..shading.hdr_io import read_image
 from ..shading.indirect import indirect_irradiance, indirect_radiance
 from ..shading.shade import linear_to_srgb
 from ..shading.specular_occlusion import specular_visibility
+from ..shading.sun import Sun, split_sun, sun_radiance, sun_sh
 from ..shading.visibility import VisibilityGrid, bake_visibility
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gaussians import Gaussians
@@ -139,6 +140,13 @@ class DistillConfig:
     # pin the light on diffuse objects, whose per-Gaussian albedo absorbs any smooth error in the light; at 0.02
     # the light's irradiance grew more contrasty instead and diffuse relit 0.59 dB worse (relighting run 12).
     albedo_smooth_weight: float = 0.0
+    # Relighting under a fixed map splits off its sun (shading.sun: brighter than this many times the map's
+    # mean luminance) as a directional light with a ray-marched shadow; 0 keeps the whole map in the split
+    # sum and SH visibility. Training's learned light is never split.
+    sun_ratio: float = 50.0
+    # A known light's sun is split off in training too (stages 2-4 and every render of the trained light), so
+    # its hard shadows are explained by the geometry instead of being painted into the albedo.
+    known_light_sun: bool = True
     propagate_hold: int = 100
     checkpoint_every: int = 500
     log_every: int = 10
@@ -170,7 +178,8 @@ class DistillConfig:
 
 # What a run trained before these fields existed did: none of these terms existed then (a resumed run goes on
 # training as it began).
-_BEFORE_FIELD_EXISTED: dict = {"indirect": 0.0, "specular_visibility": False, "physical_weight": 0.0}
+_BEFORE_FIELD_EXISTED: dict = {"indirect": 0.0, "specular_visibility": False, "physical_weight": 0.0,
+                               "known_light_sun": False}
 
 
 def tonemap(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -193,13 +202,29 @@ def metallic_prior(maps: dict[str, torch.Tensor], power: float) -> torch.Tensor:
     return (maps["metallic"] * gate * maps["coverage"]).mean()
 
 
+def relight_environment(light: EnvironmentLight, cfg: DistillConfig) -> tuple[EnvironmentLight, Sun | None]:
+    """A fixed light as ``shade_maps`` takes it for relighting: the sky, and its sun split off (``sun_ratio``)."""
+    sun, sky = split_sun(light, cfg.sun_ratio)
+    return sky, sun
+
+
+def trained_environment(light: EnvironmentLight, cfg: DistillConfig) -> tuple[EnvironmentLight, Sun | None]:
+    """The training light as ``shade_maps`` takes it: a known light's sun split off (``known_light_sun``),
+    differentiably in its gain; a learned light whole."""
+    if cfg.known_light and cfg.known_light_sun:
+        return relight_environment(light, cfg)
+    return light, None
+
+
 def shade_maps(
-    maps: dict, light: EnvironmentLight, lut: BrdfLut, vis: VisibilityGrid | None, stage: int, cfg: DistillConfig
+    maps: dict, light: EnvironmentLight, lut: BrdfLut, vis: VisibilityGrid | None, stage: int, cfg: DistillConfig,
+    sun: Sun | None = None,
 ) -> dict[str, torch.Tensor]:
     """Deferred shading of splatted maps: returns I_phy (linear), its tone-mapped form and the blend; with
-    ``physical_light`` off also ``phy_display_fixed_light``, I_phy on a light that takes no gradient."""
+    ``physical_light`` off also ``phy_display_fixed_light``, I_phy on a light that takes no gradient.
+    ``sun``: a directional light beside ``light`` (``relight_environment``), shadowed through ``vis``."""
     levels, l_sh = light.prefiltered_levels(), light.sh_coeffs(order=2)
-    phy = _physical(maps, light, levels, l_sh, lut, vis, stage, cfg)
+    phy = _physical(maps, light, levels, l_sh, lut, vis, stage, cfg, sun)
     progress = maps["progress"]
     if cfg.variant == "direct":
         progress = torch.ones_like(progress)
@@ -207,14 +232,16 @@ def shade_maps(
     blend = progress * phy_display + (1 - progress) * maps["raw"]
     out = {"phy": phy, "phy_display": phy_display, "blend": blend, "progress": progress}
     if _physical_term_on(stage, cfg) and not cfg.physical_light and torch.is_grad_enabled():  # training only
-        fixed = _physical(maps, light, [lv.detach() for lv in levels], l_sh.detach(), lut, vis, stage, cfg)
+        fixed_sun = None if sun is None else Sun(sun.direction, sun.irradiance.detach())
+        fixed = _physical(maps, light, [lv.detach() for lv in levels], l_sh.detach(), lut, vis, stage, cfg, fixed_sun)
         out["phy_display_fixed_light"] = tonemap(fixed, cfg.tonemap)
     return out
 
 
 def _physical(maps: dict, light: EnvironmentLight, levels: list[torch.Tensor], l_sh: torch.Tensor, lut: BrdfLut,
-              vis: VisibilityGrid | None, stage: int, cfg: DistillConfig) -> torch.Tensor:
-    """I_phy (linear) of the maps under the light's mip chain ``levels`` and its SH ``l_sh`` (order 2)."""
+              vis: VisibilityGrid | None, stage: int, cfg: DistillConfig, sun: Sun | None = None) -> torch.Tensor:
+    """I_phy (linear) of the maps under the light's mip chain ``levels`` and its SH ``l_sh`` (order 2), plus
+    ``sun`` if given."""
     albedo, rough = maps["albedo"], maps["roughness"]
     metal = torch.ones_like(maps["metallic"]) if stage == 2 else maps["metallic"]
     n, v = maps["normal"], maps["view"]
@@ -223,8 +250,12 @@ def _physical(maps: dict, light: EnvironmentLight, levels: list[torch.Tensor], l
     f0 = 0.04 * (1 - metal) + albedo * metal
     scale, bias = lut.lookup(n_dot_v, rough)
     spec = light.specular(refl.reshape(-1, 3), rough.reshape(-1), levels).reshape(refl.shape) * (f0 * scale + bias)
+    # The sun has its own shadow, so it is added after the sky's specular occlusion; what the object's own
+    # surfaces bounce (``l_bounce``) includes it.
+    sun_rad = 0.0 if sun is None else _sun_term(maps, albedo, rough, metal, vis, sun, cfg)
+    l_bounce = l_sh if sun is None else l_sh + sun_sh(sun).to(l_sh)
     if stage == 2:
-        return spec
+        return spec + sun_rad
     shape = n.shape
     if vis is None:
         irr = irradiance_sh(n.reshape(-1, 3), l_sh).reshape(shape)
@@ -234,15 +265,30 @@ def _physical(maps: dict, light: EnvironmentLight, levels: list[torch.Tensor], l
         # What a blocker made of this surface reflects: its diffuse albedo plus its specular F0.
         rho = cfg.indirect * ((1 - metal) * albedo + f0)
         if cfg.indirect > 0:
-            irr = irr + rho * indirect_irradiance(n.reshape(-1, 3), v_sh, l_sh).reshape(shape)
+            irr = irr + rho * indirect_irradiance(n.reshape(-1, 3), v_sh, l_bounce).reshape(shape)
         if cfg.specular_visibility:
             occ = specular_visibility(v_sh, n.reshape(-1, 3), refl.reshape(-1, 3), rough.reshape(-1))
             occ = occ.reshape(*shape[:-1], 1)
             spec = spec * occ
             if cfg.indirect > 0:
-                bounce = indirect_radiance(refl.reshape(-1, 3), l_sh).reshape(shape)
+                bounce = indirect_radiance(refl.reshape(-1, 3), l_bounce).reshape(shape)
                 spec = spec + (1 - occ) * rho * bounce * (f0 * scale + bias)
-    return (1 - metal) * albedo / math.pi * irr + spec
+    return (1 - metal) * albedo / math.pi * irr + spec + sun_rad
+
+
+def _sun_term(maps: dict, albedo: torch.Tensor, rough: torch.Tensor, metal: torch.Tensor, vis: VisibilityGrid | None,
+              sun: Sun, cfg: DistillConfig) -> torch.Tensor:
+    """The sun's radiance (H, W, 3), shadowed by a ray marched from just off the surface (as the SH visibility
+    is read: ``visibility_offset`` cells out along the normal)."""
+    n = maps["normal"].reshape(-1, 3)
+    if vis is None:
+        shadow = torch.ones(n.shape[0], device=n.device)
+    else:
+        start = maps["position"].reshape(-1, 3) + n * (cfg.visibility_offset * vis.cell)
+        shadow = vis.transmittance(start, sun.direction)
+    out = sun_radiance(albedo.reshape(-1, 3), rough.reshape(-1), metal.reshape(-1), n,
+                       maps["view"].reshape(-1, 3), sun, shadow)
+    return out.reshape(maps["normal"].shape)
 
 
 def _physical_term_on(stage: int, cfg: DistillConfig) -> bool:
@@ -457,7 +503,8 @@ def train_distill(
             cursor += 1
             maps = render_pbr_maps(model, cam, cfg.sh_degree, backend,
                                    raw_fixed_geometry=stage <= cfg.raw_fixed_geometry)
-            sh = shade_maps(maps, light, lut, vis, stage, cfg)
+            sky, sun = trained_environment(light, cfg)
+            sh = shade_maps(maps, sky, lut, vis, stage, cfg, sun)
             loss, img = distill_loss(maps, sh, cam, bg, light, stage, cfg)
             loss.backward()
             for o in opt.values():
