@@ -215,12 +215,14 @@ def test_indirect_bounce_raises_the_ceiling_on_the_concave_object(quick_bench: P
     # The mixed object is a bowl with a ball in it: with ground-truth inputs, the one-bounce indirect term
     # (and the specular occlusion it makes usable) must bring our shading closer to Cycles' path tracing.
     # At 32 px: plain 22.35 / 18.88 dB, occlusion alone 22.02 / 18.37, both 22.71 / 19.20 (training HDRI /
-    # relighting). Run through bench_relight with no variants, which computes the ceiling alone.
+    # relighting). Run through bench_relight with no variants, which computes the ceiling alone. The whole map
+    # stays in the split sum (sun_ratio 0), as when these figures were taken: with quarry's sun split off, its
+    # light takes a hard shadow of its own and the bounce's gain there is another question (relighting run 13).
     from prd_blender.trainer.bench.relight import bench_relight
 
     def ceiling(**overrides) -> dict:
         rec = bench_relight(quick_bench, ["mixed"], [], 10, 10, HDRI_DIR, None, visibility_resolution=48,
-                            light_resolution=32, **overrides)["objects"]["mixed"]
+                            light_resolution=32, sun_ratio=0.0, **overrides)["objects"]["mixed"]
         assert rec["variants"] == {} and "stage1_seconds" not in rec  # nothing trained
         return rec["ceiling"]
 
