@@ -114,8 +114,8 @@ def test_transmittance_is_a_hard_shadow_under_the_slab() -> None:
     # ray crosses z = 0 at x = 1.25, past the slab (which ends at 1 + its Gaussians' 0.05)
     edge = torch.tensor([[0.85, 0.0, -0.4]])
     assert float(grid.transmittance(edge, torch.nn.functional.normalize(torch.tensor([1.0, 0.0, 1.0]), dim=0))) > 0.9
-    # saved and loaded, the density comes along; a grid without one (saved before it was kept) answers from
-    # its SH visibility (baked only near the surface, so read 2.5 cells below it), smooth but on the right side
+    # a grid without a density (saved before it was kept) answers from its SH visibility (baked only near the
+    # surface, so read 2.5 cells below it), smooth but on the right side
     old = VisibilityGrid(grid.origin, grid.cell, grid.index, grid.coeffs, grid.order)
     near = torch.tensor([[0.0, 0.0, -2.5 * grid.cell]])
     assert 0 <= float(old.transmittance(near, up)) < 0.3 and float(old.transmittance(near, down)) > 0.7

@@ -7,11 +7,12 @@ import platform
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from .capture import load_capture
 from .evaluate import evaluate_distilled, evaluate_views
-from .outputs import cameras_record, prepare_output, read_manifest, update_manifest, write_json
+from .outputs import OutputFolderError, cameras_record, prepare_output, read_manifest, update_manifest, write_json
 from .raster import choose_backend
 from .results import write_environment, write_view_maps
 from .shading.brdf_lut import get_brdf_lut
@@ -19,6 +20,10 @@ from .train.distill import DistillConfig, load_distill_state, train_distill
 from .train.gaussians import Gaussians
 from .train.progress import Progress
 from .train.stage1 import Stage1Config, camera_extent, train_stage1
+
+if TYPE_CHECKING:
+    from .shading.envmap import EnvironmentLight
+    from .shading.visibility import VisibilityGrid
 
 
 def run_train(
@@ -180,6 +185,24 @@ def save_distilled_run(out: Path, *, capture: str | Path, train_views, test_view
                            background=list(background), result=result, files=files)
 
 
+def load_distilled(out: Path) -> tuple[DistillConfig, Gaussians, EnvironmentLight, VisibilityGrid | None]:
+    """A run folder's distilled state as ``prd relight``, ``prd eval`` and the benchmarks read it: the config it
+    was trained with, the Gaussians, the light (from environment.exr) and the visibility grid (None if the run
+    has none). Refuses a folder that holds no distilled materials."""
+    from .shading.envmap import EnvironmentLight
+    from .shading.hdr_io import read_exr
+    from .shading.visibility import VisibilityGrid
+
+    files = read_manifest(out).get("files", {})
+    if "environment" not in files:
+        raise OutputFolderError(f"{out} holds no distilled materials yet (train all four stages first)")
+    cfg = DistillConfig.from_run(json.loads((out / "run.json").read_text(encoding="utf-8"))["distill"])
+    model = Gaussians.load_ply(out / files["gaussians"])
+    light = EnvironmentLight(cfg.light_resolution, init=read_exr(out / files["environment"]))
+    vis = VisibilityGrid.load(out / files["visibility"]) if "visibility" in files else None
+    return cfg, model, light, vis
+
+
 def run_eval(out: Path, device: str = "auto") -> dict:
     """Re-evaluate a finished run's held-out views from its PLY."""
     manifest = read_manifest(out)
@@ -193,13 +216,7 @@ def run_eval(out: Path, device: str = "auto") -> dict:
     files = manifest["files"]
     model = Gaussians.load_ply(out / files["gaussians"])
     if model.has_pbr and "environment" in files:
-        from .shading.envmap import EnvironmentLight
-        from .shading.hdr_io import read_exr
-        from .shading.visibility import VisibilityGrid
-
-        cfg = DistillConfig.from_run(run["distill"])
-        light = EnvironmentLight(cfg.light_resolution, init=read_exr(out / files["environment"]))
-        vis = VisibilityGrid.load(out / files["visibility"]) if "visibility" in files else None
+        cfg, model, light, vis = load_distilled(out)
         ev = evaluate_distilled(model, light, vis, test_views, cfg, backend, cap.background)
     else:
         ev = evaluate_views(model, test_views, run["config"]["sh_degree"], backend, cap.background)

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import torch
 
-from .outputs import OutputFolderError, read_manifest
+from .pipeline import load_distilled
 from .raster import choose_backend
 from .results import write_png
 from .shading.brdf_lut import get_brdf_lut
 from .shading.envmap import EnvironmentLight, rotated_environment
 from .shading.hdr_io import read_image
-from .shading.visibility import VisibilityGrid
-from .train.distill import DistillConfig, relight_environment, shade_maps
-from .train.gaussians import Gaussians
+from .train.distill import relight_environment, shade_maps
 from .train.render import Camera, render_pbr_maps
 
 
@@ -37,14 +35,7 @@ def run_relight(
 
     ``views``: "test", "train", "all" or comma-separated view names from cameras.json.
     """
-    manifest = read_manifest(out)
-    if "environment" not in manifest.get("files", {}):
-        raise OutputFolderError(f"{out} holds no distilled materials yet (train all four stages first)")
-    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    cfg = DistillConfig.from_run(run["distill"])
-    files = manifest["files"]
-    model = Gaussians.load_ply(out / files["gaussians"])
-    vis = VisibilityGrid.load(out / files["visibility"]) if "visibility" in files else None  # no stage 3-4
+    cfg, model, _, vis = load_distilled(out)
     env = rotated_environment(read_image(hdri), rotation, strength)
     light, sun = relight_environment(EnvironmentLight(cfg.light_resolution, init=env), cfg)
     cams = json.loads((out / "cameras.json").read_text(encoding="utf-8"))["cameras"]

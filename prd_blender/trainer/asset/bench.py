@@ -208,19 +208,14 @@ def gaussian_relight(run: Path, obj, test_views, lights: list[dict],
                      frames: list[int]) -> dict[str, dict[str, list[float]]]:
     """Per scale fit (``relight_score.FITS``) and lighting, the PSNR of the Gaussians' I_phy (the trained run's
     own shading, lit by the HDRI as the GT was) on the chosen test views."""
-    from ..outputs import read_manifest
+    from ..pipeline import load_distilled
     from ..shading.brdf_lut import get_brdf_lut
     from ..shading.envmap import EnvironmentLight
     from ..shading.hdr_io import read_image
-    from ..shading.visibility import VisibilityGrid
-    from ..train.distill import DistillConfig, relight_environment, shade_maps
-    from ..train.gaussians import Gaussians
+    from ..train.distill import relight_environment, shade_maps
     from ..train.render import Camera, render_pbr_maps
 
-    files = read_manifest(run)["files"]
-    cfg = DistillConfig.from_run(json.loads((run / "run.json").read_text())["distill"])
-    model = Gaussians.load_ply(run / files["gaussians"])
-    vis = VisibilityGrid.load(run / files["visibility"]) if "visibility" in files else None
+    cfg, model, _, vis = load_distilled(run)
     lut = get_brdf_lut()
     envs = {x["name"]: relight_environment(EnvironmentLight(cfg.light_resolution, init=read_image(Path(x["file"]))
                                                             * x["strength"]), cfg) for x in lights}

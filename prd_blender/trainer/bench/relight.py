@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -174,9 +173,7 @@ def bench_relight(
                     runs[seed]["train_seconds"] = round(t_stage1 + secs, 1)
                 met = runs[seeds[0]] if len(seeds) == 1 else {**_mean_metrics(list(runs.values())), "per_seed": runs}
                 per["variants"][var] = met
-                rows.append([name, VARIANTS[var], f"{met['nvs_psnr']:.2f}", f"{met['relight_psnr']:.2f}",
-                             f"{met['albedo_psnr']:.2f}", f"{met['normal_deg']:.1f}", f"{met['roughness_mae']:.3f}",
-                             f"{met['progress_mean']:.2f}", f"{met['train_seconds']:.0f}"])
+                rows.append(_row(name, VARIANTS[var], met))
                 print(table(rows[-1:], HEADER), flush=True)
         per["ceiling"] = shading_ceiling(obj, test, hdri_dir, base)
         rows.append([name, "ceiling (ground-truth inputs)", "-", f"{per['ceiling']['relight_psnr']:.2f}",
@@ -197,10 +194,7 @@ def rescore_relight(data: Path, runs: Path, objects: list[str], hdri_dir: Path, 
     ``RUNS/<variant>_seed<seed>/<object>`` folder of the chosen objects, with today's shading and metrics, each
     run's own DistillConfig changed by ``overrides`` (e.g. ``sun_ratio=0``). So a change to relighting alone is
     measured on the very same models."""
-    from ..outputs import read_manifest
-    from ..shading.hdr_io import read_exr
-    from ..shading.visibility import VisibilityGrid
-    from ..train.gaussians import Gaussians
+    from ..pipeline import load_distilled
 
     folders = sorted(p for p in runs.glob("*_seed*/*") if p.name in objects and (p / "run.json").is_file())
     if not folders:
@@ -210,20 +204,21 @@ def rescore_relight(data: Path, runs: Path, objects: list[str], hdri_dir: Path, 
     for folder in folders:
         obj = load_relight_object(data / folder.name)
         test = load_capture(obj.test_transforms).views
-        files = read_manifest(folder)["files"]
-        saved = json.loads((folder / "run.json").read_text(encoding="utf-8"))["distill"]
-        cfg = dataclasses.replace(DistillConfig.from_run(saved), **overrides)
-        model = Gaussians.load_ply(folder / files["gaussians"])
-        light = EnvironmentLight(cfg.light_resolution, init=read_exr(folder / files["environment"]))
-        vis = VisibilityGrid.load(folder / files["visibility"]) if "visibility" in files else None
+        cfg, model, light, vis = load_distilled(folder)
+        cfg = dataclasses.replace(cfg, **overrides)
         met = evaluate_object(model, light, vis, cfg, obj, test, hdri_dir)
         results["objects"].setdefault(folder.name, {})[folder.parent.name] = met
-        rows.append([folder.name, folder.parent.name, f"{met['nvs_psnr']:.2f}", f"{met['relight_psnr']:.2f}",
-                     f"{met['albedo_psnr']:.2f}", f"{met['normal_deg']:.1f}", f"{met['roughness_mae']:.3f}",
-                     f"{met['progress_mean']:.2f}", "-"])
+        rows.append(_row(folder.name, folder.parent.name, met))
         print(table(rows[-1:], HEADER), flush=True)
     print(table(rows, HEADER))
     return record(json_path, results)
+
+
+def _row(name: str, label: str, met: dict) -> list[str]:
+    """One line of the table (``HEADER``); "-" for the training time of a model scored again."""
+    secs = f"{met['train_seconds']:.0f}" if "train_seconds" in met else "-"
+    return [name, label, f"{met['nvs_psnr']:.2f}", f"{met['relight_psnr']:.2f}", f"{met['albedo_psnr']:.2f}",
+            f"{met['normal_deg']:.1f}", f"{met['roughness_mae']:.3f}", f"{met['progress_mean']:.2f}", secs]
 
 
 def _mean_metrics(mets: list[dict], scalars: bool = False) -> dict:

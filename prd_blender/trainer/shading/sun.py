@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..train.sh import sh_basis
 from .envmap import EnvironmentLight, cube_texel_dirs, cube_texel_solid_angles
 
 __all__ = ["Sun", "split_sun", "sun_radiance", "sun_sh"]
@@ -76,8 +77,6 @@ def split_sun(light: EnvironmentLight, ratio: float = 50.0, radius_deg: float = 
 
 def sun_sh(sun: Sun, order: int = 2) -> torch.Tensor:
     """SH (K, 3) of the sun as a delta of its irradiance: what adding it back to a light's SH adds."""
-    from ..train.sh import sh_basis
-
     return sh_basis(sun.direction[None], order)[0][:, None] * sun.irradiance[None]
 
 
