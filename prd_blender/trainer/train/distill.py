@@ -60,7 +60,7 @@ class DistillConfig:
     lr_light_stage34: float | None = None
     # Times the scene extent. Stage 1 ends at 1.6e-6; ten times that lets the physical image move the geometry
     # (relighting run 14, 3 x 1000: relighting mean 24.82 -> 24.98 dB, normals 7.8 -> 7.1 deg, mixed's Chamfer
-    # 1.07 -> 1.02 %; 5e-5 measured no better on mixed).
+    # 1.07 -> 1.02 %; 5e-5: the same relighting, 0.13 dB less NVS, mixed's learned light worse).
     lr_means: float = 1.6e-5
     lr_scales: float = 5e-3
     lr_quats: float = 1e-3
