@@ -214,9 +214,11 @@ def run_eval(out: Path, device: str = "auto") -> dict:
                        background=tuple(run["background"]) if run["background"] else None)
     _, test_views = cap.split(run["hold_out_every"])
     files = manifest["files"]
-    model = Gaussians.load_ply(out / files["gaussians"])
-    if model.has_pbr and "environment" in files:
+    if "environment" in files:  # the PLY is read once, with the rest of the distilled state
         cfg, model, light, vis = load_distilled(out)
+    else:
+        model = Gaussians.load_ply(out / files["gaussians"])
+    if model.has_pbr and "environment" in files:
         ev = evaluate_distilled(model, light, vis, test_views, cfg, backend, cap.background)
     else:
         ev = evaluate_views(model, test_views, run["config"]["sh_degree"], backend, cap.background)
