@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from prd_blender.trainer.asset import bake_asset
-from prd_blender.trainer.asset.bake import rasterize_uv
+from prd_blender.trainer.asset.bake import bake_textures, rasterize_uv
 from prd_blender.trainer.asset.bench import _read_uv_ply, render_textured
 from prd_blender.trainer.asset.gltf import glb_accessor, read_glb
-from prd_blender.trainer.asset.surface import Mesh, vertex_normals
+from prd_blender.trainer.asset.surface import FEATURES, Mesh, ViewStack, vertex_normals
 from prd_blender.trainer.asset.synthetic import BLUE, RED, sphere_gaussians, write_run_folder
-from prd_blender.trainer.asset.uv import mikk_tangents, unwrap, uv_overlap_fraction
+from prd_blender.trainer.asset.uv import UVMesh, mikk_tangents, unwrap, uv_overlap_fraction
 
 SIZE = 256
 
@@ -43,8 +43,6 @@ def test_uvs_in_range_without_overlap(baked):
     out, _ = baked
     v, f, uv = _read_uv_ply(out / "mesh.ply")
     assert uv.min() >= 0 and uv.max() <= 1
-    from prd_blender.trainer.asset.uv import UVMesh
-
     m = UVMesh(v, f, np.zeros_like(v), uv, np.zeros((len(v), 4)), np.arange(len(v)))
     assert uv_overlap_fraction(m, 512) < 1e-3
 
@@ -120,3 +118,34 @@ def test_unwrap_tangents_perpendicular(baked):
     m = unwrap(Mesh(v, f, vertex_normals(v, f)), 256)
     assert np.abs(np.einsum("ij,ij->i", m.tangents[:, :3], m.normals)).max() < 1e-6
     assert uv_overlap_fraction(m, 256) < 1e-3
+
+
+def _plane_at(z: float) -> UVMesh:
+    """A 0.6 x 0.6 square at height z facing +Z, u = x, v = y (tangent frame = world axes)."""
+    xs, ys = np.meshgrid(np.linspace(-0.3, 0.3, 5), np.linspace(-0.3, 0.3, 5))
+    verts = np.stack([xs.ravel(), ys.ravel(), np.full(25, z)], 1)
+    faces = np.array([[i * 5 + j, i * 5 + j + 1, i * 5 + j + 6] for i in range(4) for j in range(4)]
+                     + [[i * 5 + j, i * 5 + j + 6, i * 5 + j + 5] for i in range(4) for j in range(4)])
+    n = vertex_normals(verts, faces)
+    uv = (verts[:, :2] + 0.3) / 0.6 * 0.8 + 0.1
+    return UVMesh(verts, faces, n, uv, mikk_tangents(verts, faces, n, uv), np.arange(25))
+
+
+def test_a_texel_a_little_off_the_rendered_surface_still_takes_the_views_normal():
+    # One camera 2 units above z = 0 looking down; its splatted surface is the plane z = 0 with a tilted normal.
+    # A mesh a few tolerances above that surface (a bulge of the fused mesh) must still get the views' normal
+    # (the retries), not its own; one far above it is seen by no view and keeps the mesh's.
+    S, tol = 64, 0.01
+    tilted = np.array([0.6, 0.0, 0.8])
+    feats = np.zeros((1, S, S, FEATURES), np.float32)
+    feats[..., :3], feats[..., 3], feats[..., 5:8] = 0.5, 0.3, tilted
+    views = ViewStack(viewmats=np.array([[[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 2], [0, 0, 0, 1]]]),
+                      Ks=np.array([[[64.0, 0, 32], [0, 64, 32], [0, 0, 1]]]), sizes=np.array([[S, S]]),
+                      depth=np.full((1, S, S), 2.0, np.float32), coverage=np.ones((1, S, S), np.float32),
+                      feats=feats)
+    for height, seen in ((0.5 * tol, True), (3.0 * tol, True), (20 * tol, False)):
+        maps = bake_textures(_plane_at(height), views, 64, tol)
+        inside = maps["mask"]
+        assert maps["seen"][inside].all() == seen and maps["seen"][inside].any() == seen, height
+        want = tilted if seen else np.array([0.0, 0.0, 1.0])
+        assert np.allclose(maps["normal"][inside], want, atol=1e-6), height

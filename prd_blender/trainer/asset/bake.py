@@ -32,6 +32,11 @@ FILES = {
     "glb": "mesh.glb",
 }
 MAX_NORMAL_DEVIATION_DEG = 75.0  # a baked normal further than this from the mesh normal is noise: use the mesh's
+# Depth-test tolerances (times ``tol``) tried in turn for texels no view passed yet. Where the mesh bulges a
+# few voxels out of the Gaussians' surface, the strict test rejects every view, and such a texel used to take the
+# mesh's own, bumpy normal: on the glossy object 5 % of the visible pixels, 22 deg off, which Cycles shows as
+# speckles in the reflections (docs/benchmarks.md, mesh run 12).
+RETRY_TOLERANCES = (2.0, 4.0)
 
 
 # ------------------------------------------------------------------------------------ UV rasterisation
@@ -186,7 +191,8 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
 def bake_textures(uvmesh: UVMesh, views: ViewStack, texture_size: int, tol: float,
                   fallback: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Bake (size, size) maps: ``albedo`` (linear RGB), ``roughness``, ``metallic``, ``normal`` (tangent space,
-    unit), plus ``mask`` (texels inside a triangle) and ``seen`` (texels some view saw).
+    unit), plus ``mask`` (texels inside a triangle) and ``seen`` (texels some view saw, at the depth-test
+    tolerance ``tol`` or, failing that, at ``RETRY_TOLERANCES`` times it).
 
     ``fallback``: (points (G, 3), material (G, 5)) of opaque Gaussians for texels no view sees.
     """
@@ -201,6 +207,11 @@ def bake_textures(uvmesh: UVMesh, views: ViewStack, texture_size: int, tol: floa
     T = (uvmesh.tangents[f, :3] * b).sum(1)
     sign = uvmesh.tangents[f[:, 0], 3]
     feats, w = gather(P, N, views, tol)
+    for k in RETRY_TOLERANCES:
+        todo = np.nonzero(w <= 0)[0]
+        if not len(todo):
+            break
+        feats[todo], w[todo] = gather(P[todo], N[todo], views, k * tol)
     seen = w > 0
     vals = np.zeros((len(P), FEATURES))
     vals[seen] = feats[seen] / w[seen, None]
@@ -269,7 +280,8 @@ def bake_asset(out_dir: Path | str, quality: str = "standard", texture_size: int
     """Mesh + UVs + baked PBR textures + GLB from a finished run folder; adds them to its manifest.
 
     Returns a summary: file names by role, mesh statistics (faces, vertices, watertight ...), timings.
-    ``surface_overrides`` go to ``extract_surface`` (``grid``, ``render``, ``faces``, ``extra_views``, ``max_views``).
+    ``surface_overrides`` go to ``extract_surface`` (``grid``, ``render``, ``faces``, ``extra_views``, ``max_views``,
+    ``smooth``).
     """
     from ..outputs import OutputFolderError, read_manifest, update_manifest
     from ..raster import choose_backend
