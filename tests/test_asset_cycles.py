@@ -48,3 +48,62 @@ def test_glb_renders_in_cycles(tmp_path):
     # the red upper half through the importer's sRGB base colour: red dominates above the equator
     top = img[9, 16, :3]
     assert top[0] > 2 * top[2] and np.isfinite(img).all()
+
+
+_TANGENTS_SCRIPT = """
+import sys, numpy as np, bpy
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.import_scene.gltf(filepath=sys.argv[1])
+ob = next(o for o in bpy.context.scene.objects if o.type == "MESH")
+me = ob.data
+me.calc_tangents(uvmap=me.uv_layers.active.name)
+n = len(me.loops)
+def get(coll, attr, k):
+    a = np.empty(n * k)
+    coll.foreach_get(attr, a)
+    return a.reshape(n, k) if k > 1 else a
+vi = get(me.loops, "vertex_index", 1).astype(int)
+co = np.empty(len(me.vertices) * 3)
+me.vertices.foreach_get("co", co)
+m = np.array(ob.matrix_world)[:3, :3]
+np.savez(sys.argv[2], pos=co.reshape(-1, 3)[vi] @ m.T, uv=get(me.uv_layers.active.data, "uv", 2),
+         tangent=get(me.loops, "tangent", 3) @ m.T, sign=get(me.loops, "bitangent_sign", 1))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="bpy not installed")
+def test_normal_map_tangents_are_blenders(tmp_path):
+    # The normal map is baked in our tangent frame; Blender's Normal Map node decodes it in the MikkTSpace
+    # frame it computes itself on import. The two must agree, or the baked normals come out turned.
+    import os
+    import subprocess
+    import sys
+
+    from scipy.spatial import cKDTree
+
+    from prd_blender.trainer.asset.bench import _read_uv_ply
+    from prd_blender.trainer.asset.uv import mikk_tangents
+
+    out = write_run_folder(tmp_path / "run", sphere_gaussians(radius=0.5))
+    bake_asset(out, "preview", 256, device="cpu", grid=48, render=64, faces=2000, extra_views=8)
+    script = tmp_path / "tangents.py"
+    script.write_text(_TANGENTS_SCRIPT)
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "blender_user")}
+    subprocess.run([sys.executable, str(script), str(out / "mesh.glb"), str(tmp_path / "t.npz")], check=True,
+                   env=env, capture_output=True, timeout=300)
+    blender = np.load(tmp_path / "t.npz")
+    v, f, uv = _read_uv_ply(out / "mesh.ply")
+    with open(out / "mesh.ply", "rb") as fh:  # the baker's own vertex normals, as exported
+        head = b""
+        while not head.endswith(b"end_header\n"):
+            head += fh.readline()
+        names = [ln.split()[2] for ln in head.decode().splitlines() if ln.startswith("property float")]
+        data = np.frombuffer(fh.read(len(v) * 4 * len(names)), "<f4").reshape(len(v), len(names))
+    nrm = data[:, [names.index(k) for k in ("nx", "ny", "nz")]].astype(np.float64)
+    ours = mikk_tangents(v, f, nrm / np.linalg.norm(nrm, axis=1, keepdims=True), uv)
+    dist, j = cKDTree(np.concatenate([v, uv], 1)).query(np.concatenate([blender["pos"], blender["uv"]], 1))
+    assert dist.max() < 1e-4  # every loop found its vertex (position and UV)
+    cos = np.einsum("ij,ij->i", blender["tangent"], ours[j, :3])
+    angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    assert np.median(angle) < 0.1 and np.mean(angle) < 1.0
+    assert (blender["sign"] == ours[j, 3]).mean() > 0.99

@@ -37,6 +37,8 @@ COVERED = 0.5  # coverage above which a pixel sees the surface
 EMPTY = 0.05  # coverage below which a pixel sees background (carves free space)
 SOLID = 0.9  # coverage of an opaque trained surface; floaters (haze) stay well below it
 MAX_OFFSET_VOXELS = 6.0  # the largest depth-bias correction applied (measured: ~3 voxels at "standard")
+# How far smoothing may move a vertex: the fusion's noise is about a voxel, thin parts are not (see ``smooth``).
+SMOOTH_MAX_SHIFT_VOXELS = 1.0
 
 
 @dataclass
@@ -696,16 +698,18 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
 
 
 def smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int, lam: float = 0.5,
-           mu: float = -0.53) -> np.ndarray:
+           mu: float = -0.53, max_shift: float | None = None) -> np.ndarray:
     """Taubin's lambda|mu smoothing with uniform weights: each iteration a shrinking Laplacian step (``lam``)
-    and an inflating one (``mu``), so noise at the scale of a few edges goes and the volume nearly stays. Connectivity
-    is untouched (a watertight mesh stays watertight).
+    and an inflating one (``mu``), so noise at the scale of a few edges goes and the volume nearly stays.
+    ``max_shift``: no vertex ends up further than this from where it started. Connectivity is untouched (a
+    watertight mesh stays watertight).
 
     Why: the fused surface carries bumps of about a voxel, and the vertex normals interpolated over them were
-    off by 9.9 deg on the glossy object; its mirror-like reflections looked hammered in Cycles. 80 iterations
-    (one-off sweep of 5-80 on relighting run 14's assets, docs/benchmarks.md mesh run 12): vertex normals
-    6.8 deg, Cycles under the training HDRI glossy +1.8, mixed +0.7, diffuse +0.2 dB, Chamfer no worse; the
-    volume grows by 0.2 % (Taubin inflates a little; 1 % at 320 iterations, so no more than this).
+    off by 9.9 deg on the glossy object; its mirror-like reflections looked hammered in Cycles. Measured on
+    relighting run 14's assets and a lego radiance field (docs/benchmarks.md, mesh run 12): 80 iterations
+    unbounded gave glossy +1.8 dB in Cycles under the training HDRI, but thin parts thinned out (lego's
+    silhouette IoU against the Gaussians 0.940 -> 0.918; vertices moved up to 15 voxels). Bounded to one voxel:
+    glossy +1.6 dB, lego 0.927; half a voxel: +1.1 dB, 0.934.
     """
     if iterations <= 0 or not len(faces):
         return vertices
@@ -724,6 +728,10 @@ def smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int, lam: float 
             d = avg @ v - v
             d[lone] = 0.0
             v = v + step * d
+        if max_shift is not None:
+            off = v - vertices
+            norm = np.linalg.norm(off, axis=1, keepdims=True)
+            v = vertices + off * np.minimum(1.0, max_shift / np.maximum(norm, 1e-30))
     return v
 
 
@@ -745,7 +753,7 @@ def mesh_from_volume(vol: np.ndarray, origin: np.ndarray, voxel: float, target_f
     verts, faces = simplify(verts, faces, target_faces)
     verts, faces = repair(verts, faces)
     verts, faces = main_components(verts, faces)
-    verts = smooth(verts, faces, smooth_iterations)
+    verts = smooth(verts, faces, smooth_iterations, max_shift=SMOOTH_MAX_SHIFT_VOXELS * voxel)
     if signed_volume(verts, faces) < 0:  # make the winding counter-clockwise from outside
         faces = faces[:, ::-1].copy()
     info = {"fused_faces": fused_faces, "faces": int(len(faces)), "vertices": int(len(verts)),
