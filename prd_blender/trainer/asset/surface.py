@@ -39,8 +39,10 @@ SOLID = 0.9  # coverage of an opaque trained surface; floaters (haze) stay well 
 MAX_OFFSET_VOXELS = 6.0  # the largest depth-bias correction applied (measured: ~3 voxels at "standard")
 # How far smoothing may move a vertex: the fusion's noise is about a voxel, thin parts are not (see ``smooth``).
 SMOOTH_MAX_SHIFT_VOXELS = 1.0
-# The least share of the fused surface's area the simplified, repaired mesh must keep (see ``decimate``).
-MIN_AREA_KEPT = 0.99
+# The least share of the fused surface's area the simplified, repaired mesh must keep (see ``decimate``). The
+# repair of a real crease costs a little (glossy's sphere-torus crease: 1.6 %); thin parts folded by the
+# decimation cost far more (lego: 24 %).
+MIN_AREA_KEPT = 0.98
 
 
 @dataclass
@@ -708,10 +710,10 @@ def smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int, lam: float 
 
     Why: the fused surface carries bumps of about a voxel, and the vertex normals interpolated over them were
     off by 9.9 deg on the glossy object; its mirror-like reflections looked hammered in Cycles. Measured on
-    relighting run 14's assets and a lego radiance field (docs/benchmarks.md, mesh run 12): 80 iterations
-    unbounded gave glossy +1.8 dB in Cycles under the training HDRI, but thin parts thinned out (lego's
-    silhouette IoU against the Gaussians 0.940 -> 0.918; vertices moved up to 15 voxels). Bounded to one voxel:
-    glossy +1.6 dB, lego 0.927; half a voxel: +1.1 dB, 0.934.
+    relighting run 14's assets (docs/benchmarks.md, mesh run 12): 80 iterations gave glossy +1.8 dB in Cycles
+    under the training HDRI unbounded, +1.6 dB bounded to one voxel. The bound keeps smoothing to the fusion's
+    noise scale: unbounded, vertices of a lego radiance field's mesh moved up to 4.9 voxels (its silhouette IoU
+    against the Gaussians is 0.950 either way, 0.954 unsmoothed).
     """
     if iterations <= 0 or not len(faces):
         return vertices
@@ -749,7 +751,9 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
 
     Why: quadric decimation folds thin parts (two sheets a voxel or two apart) onto each other, and the repair
     then has to cut them out. A lego radiance field's mesh lost 24 % of its area at 100k faces and kept 628
-    boundary edges; at 200k it kept 94 %, at 400k 99.7 % and closed (docs/benchmarks.md, mesh run 12)."""
+    boundary edges; at 200k it kept 94 %, at 400k 99.7 % and closed (docs/benchmarks.md, mesh run 12). Faces
+    are not free: glossy's mesh at 200k instead of 100k rendered 0.4 dB worse in Cycles (the smoothing then
+    works at a finer scale)."""
     area = surface_area(vertices, faces)
     target = int(target_faces)
     while True:
