@@ -81,7 +81,7 @@ def test_normal_map_tangents_are_blenders(tmp_path):
 
     from scipy.spatial import cKDTree
 
-    from prd_blender.trainer.asset.bench import _read_uv_ply
+    from prd_blender.trainer.asset.gltf import read_ply_columns
     from prd_blender.trainer.asset.uv import mikk_tangents
 
     out = write_run_folder(tmp_path / "run", sphere_gaussians(radius=0.5))
@@ -92,14 +92,8 @@ def test_normal_map_tangents_are_blenders(tmp_path):
     subprocess.run([sys.executable, str(script), str(out / "mesh.glb"), str(tmp_path / "t.npz")], check=True,
                    env=env, capture_output=True, timeout=300)
     blender = np.load(tmp_path / "t.npz")
-    v, f, uv = _read_uv_ply(out / "mesh.ply")
-    with open(out / "mesh.ply", "rb") as fh:  # the baker's own vertex normals, as exported
-        head = b""
-        while not head.endswith(b"end_header\n"):
-            head += fh.readline()
-        names = [ln.split()[2] for ln in head.decode().splitlines() if ln.startswith("property float")]
-        data = np.frombuffer(fh.read(len(v) * 4 * len(names)), "<f4").reshape(len(v), len(names))
-    nrm = data[:, [names.index(k) for k in ("nx", "ny", "nz")]].astype(np.float64)
+    cols, f = read_ply_columns(out / "mesh.ply")  # the baker's own vertex normals, as exported
+    v, uv, nrm = (np.stack([cols[k] for k in keys], 1) for keys in ("xyz", "st", ("nx", "ny", "nz")))
     ours = mikk_tangents(v, f, nrm / np.linalg.norm(nrm, axis=1, keepdims=True), uv)
     dist, j = cKDTree(np.concatenate([v, uv], 1)).query(np.concatenate([blender["pos"], blender["uv"]], 1))
     assert dist.max() < 1e-4  # every loop found its vertex (position and UV)

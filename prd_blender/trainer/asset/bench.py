@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..bench.relight_score import FITS, relight_psnr
-from .gltf import read_ply_mesh
+from .gltf import read_ply_columns, read_ply_mesh
 from .surface import _raster_mesh
 
 # ------------------------------------------------------------------------------------ mesh rendering
@@ -134,15 +134,8 @@ def texture_fidelity(run: Path, obj, test_views) -> dict:
 
 def _read_uv_ply(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Our mesh.ply: vertices, faces and the s/t UVs."""
-    verts, faces = read_ply_mesh(path)
-    with open(path, "rb") as fh:
-        head = b""
-        while not head.endswith(b"end_header\n"):
-            head += fh.readline()
-        names = [ln.split()[2] for ln in head.decode().splitlines() if ln.startswith("property float")]
-        data = np.frombuffer(fh.read(len(verts) * 4 * len(names)), "<f4").reshape(len(verts), len(names))
-    uv = data[:, [names.index("s"), names.index("t")]].astype(np.float64)
-    return verts, faces, uv
+    cols, faces = read_ply_columns(path)
+    return np.stack([cols[k] for k in "xyz"], 1), faces, np.stack([cols["s"], cols["t"]], 1)
 
 
 def outer_chamfer(pred: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.ndarray], n: int = 100_000) -> dict:

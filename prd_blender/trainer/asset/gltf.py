@@ -47,9 +47,9 @@ def write_ply(path: Path, mesh: UVMesh) -> None:
     tmp.replace(path)
 
 
-def read_ply_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (V, 3) and triangles (F, 3) of a binary little-endian PLY with float vertex properties
-    (x, y, z first) and a ``list uchar int`` face list: our meshes and the benchmark's mesh.ply."""
+def read_ply_columns(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every float vertex property by name ((V,) float64 each) and the triangles (F, 3) of a binary
+    little-endian PLY with a ``list uchar int`` face list: our meshes and the benchmark's mesh.ply."""
     with open(path, "rb") as fh:
         if fh.readline().strip() != b"ply":
             raise ValueError(f"{path} is not a PLY file")
@@ -80,8 +80,13 @@ def read_ply_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
         face = np.frombuffer(fh.read(nf * 13), dtype=[("n", "u1"), ("i", "<i4", (3,))])
     if (face["n"] != 3).any():
         raise ValueError(f"{path}: only triangle faces are supported")
-    xyz = [props.index(k) for k in "xyz"]
-    return vert[:, xyz].astype(np.float64), face["i"].astype(np.int64)
+    return {k: vert[:, i].astype(np.float64) for i, k in enumerate(props)}, face["i"].astype(np.int64)
+
+
+def read_ply_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (V, 3) and triangles (F, 3) of a PLY that ``read_ply_columns`` reads."""
+    cols, faces = read_ply_columns(path)
+    return np.stack([cols[k] for k in "xyz"], 1), faces
 
 
 def _pad4(b: bytes, fill: bytes) -> bytes:
