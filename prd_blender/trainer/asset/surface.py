@@ -37,8 +37,11 @@ COVERED = 0.5  # coverage above which a pixel sees the surface
 EMPTY = 0.05  # coverage below which a pixel sees background (carves free space)
 SOLID = 0.9  # coverage of an opaque trained surface; floaters (haze) stay well below it
 MAX_OFFSET_VOXELS = 6.0  # the largest depth-bias correction applied (measured: ~3 voxels at "standard")
-# How far smoothing may move a vertex: the fusion's noise is about a voxel, thin parts are not (see ``smooth``).
-SMOOTH_MAX_SHIFT_VOXELS = 1.0
+# How far smoothing may move a vertex (see ``smooth``): the fused surface's bumps are about a voxel either side,
+# so a crest is two voxels from a trough; thin parts are further. Measured (docs/benchmarks.md, mesh run 13): at
+# two voxels glossy renders as unbounded smoothing does (+0.17 dB in Cycles over one voxel), while a lego's
+# silhouettes stay as at one voxel (unbounded smoothing moves its vertices up to 4.9 voxels).
+SMOOTH_MAX_SHIFT_VOXELS = 2.0
 # The least share of the fused surface's area the simplified, repaired mesh must keep (see ``decimate``). The
 # repair of a real crease costs a little (glossy's sphere-torus crease: 1.6 %); thin parts folded by the
 # decimation cost far more (lego: 24 %).
@@ -711,9 +714,10 @@ def smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int, lam: float 
     Why: the fused surface carries bumps of about a voxel, and the vertex normals interpolated over them were
     off by 9.9 deg on the glossy object; its mirror-like reflections looked hammered in Cycles. Measured on
     relighting run 14's assets (docs/benchmarks.md, mesh run 12): 80 iterations gave glossy +1.8 dB in Cycles
-    under the training HDRI unbounded, +1.6 dB bounded to one voxel. The bound keeps smoothing to the fusion's
-    noise scale: unbounded, vertices of a lego radiance field's mesh moved up to 4.9 voxels (its silhouette IoU
-    against the Gaussians is 0.950 either way, 0.954 unsmoothed).
+    under the training HDRI unbounded or bounded to two voxels, +1.6 dB bounded to one (mesh run 13). The bound
+    keeps smoothing to the fusion's noise scale (``SMOOTH_MAX_SHIFT_VOXELS``): unbounded, vertices of a lego
+    radiance field's mesh moved up to 4.9 voxels (its silhouette IoU against the Gaussians is 0.949-0.950 with
+    any bound or none, 0.954 unsmoothed).
     """
     if iterations <= 0 or not len(faces):
         return vertices
