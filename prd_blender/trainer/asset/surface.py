@@ -714,10 +714,7 @@ def smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int, lam: float 
     Why: the fused surface carries bumps of about a voxel, and the vertex normals interpolated over them were
     off by 9.9 deg on the glossy object; its mirror-like reflections looked hammered in Cycles. Measured on
     relighting run 14's assets (docs/benchmarks.md, mesh run 12): 80 iterations gave glossy +1.8 dB in Cycles
-    under the training HDRI unbounded or bounded to two voxels, +1.6 dB bounded to one (mesh run 13). The bound
-    keeps smoothing to the fusion's noise scale (``SMOOTH_MAX_SHIFT_VOXELS``): unbounded, vertices of a lego
-    radiance field's mesh moved up to 4.9 voxels (its silhouette IoU against the Gaussians is 0.949-0.950 with
-    any bound or none, 0.954 unsmoothed).
+    under the training HDRI. Why the pipeline bounds it: ``SMOOTH_MAX_SHIFT_VOXELS``.
     """
     if iterations <= 0 or not len(faces):
         return vertices
