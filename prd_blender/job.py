@@ -325,8 +325,11 @@ class TrainerJob:
                  resolution: int | None = None, device: str = "auto", resume: bool = False,
                  overwrite: bool = False, log_dir: Path | None = None, distill_iterations: int | None = None,
                  mesh: tuple[str, int] | None = None, mesh_only: bool = False,
-                 scene_render: list[str] | None = None, light: tuple[str, float] | None = None):
+                 scene_render: list[str] | None = None, light: tuple[str, float] | None = None,
+                 blender: str | None = None):
         self.python = python
+        # Blender's executable for the mesh step's Cycles renders (None: the trainer looks for one itself)
+        self.blender = blender
         self.light = light
         # argv of a first step that renders the scene's cameras into the capture folder (scene_render.py).
         self.scene_render = scene_render
@@ -393,7 +396,10 @@ class TrainerJob:
         """Second step of the job: ``prd mesh`` on the finished run, logged into the same file."""
         quality, texture_size = self.mesh
         argv = mesh_command(python, self.out, quality, texture_size, self.device)
-        self.proc = BackgroundProcess(argv, env=trainer_env(), cwd=PACKAGE_PARENT, log_path=self.log_path)
+        env = trainer_env()
+        if self.blender:  # the albedo refinement renders with this Blender (asset.refine)
+            env["PRD_BLENDER"] = self.blender
+        self.proc = BackgroundProcess(argv, env=env, cwd=PACKAGE_PARENT, log_path=self.log_path)
         self.proc.start()
         self.mesh_started_at = time.monotonic()
         s = self.state
@@ -494,6 +500,9 @@ class TrainerJob:
             s.message = f"Rendering the scene's cameras: {ev.get('done')}/{ev.get('total')}"
         elif kind == "poses":
             s.message = _poses_message(ev)
+        elif kind == "refine":
+            done = int(ev.get("step", 0)) + 1
+            s.message = f"Refining the albedo through Cycles: step {done} of {ev.get('steps')} done"
         elif kind == "mesh":
             s.mesh_done = True
             s.mesh_faces = int(ev.get("faces") or 0)

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="target faces: preview 20k, standard 100k, high 300k")
     ms.add_argument("--texture-size", type=int, default=1024, choices=[512, 1024, 2048])
     ms.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ms.add_argument("--refine-steps", type=int, metavar="N",
+                    help="albedo refinement through Cycles against the training photos (default: 2 when Blender is "
+                    "found: the bpy module, $PRD_BPY_PYTHON, $PRD_BLENDER or blender on the PATH, else none; 0: off)")
 
     e = sub.add_parser("eval", help="PSNR/SSIM of a finished run on its held-out views")
     e.add_argument("out", type=Path)
@@ -192,7 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the benchmark's HDRIs, for the Cycles renders of the GLB")
     bm.add_argument("--cycles-views", type=int, default=20, help="test views Cycles renders per HDRI (0: none)")
     bm.add_argument("--cycles-samples", type=int, default=32, help="Cycles samples per pixel (denoised)")
+    bm.add_argument("--refine-steps", type=int, default=2,
+                    help="albedo refinement through Cycles after the bake, as prd mesh does (0: off)")
     bm.add_argument("--json", type=Path, default=Path("docs/benchmarks/mesh.json"))
+    ba = bsub.add_parser("asset", help="a run's baked asset in Cycles (and its Gaussians) against its held-out photos")
+    ba.add_argument("run", type=Path, help="a finished run trained with --hold-out N, meshed with prd mesh")
+    ba.add_argument("--samples", type=int, default=32, help="Cycles samples per pixel (denoised)")
+    ba.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ba.add_argument("--json", type=Path, help="write the record here (e.g. docs/benchmarks/asset.json)")
     return p
 
 
@@ -265,15 +275,42 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"event": "relit", "views": len(paths), "folder": str(paths[0].parent)}))
         elif args.command == "mesh":
             from .asset import bake_asset
+            from .asset.refine import STEPS, refine_albedo
+            from .asset.render_cycles import CyclesUnavailable, renderer_command
 
+            steps = args.refine_steps
+            if steps is not None and steps < 0:
+                raise SystemExit("prd: error: --refine-steps must be 0 or more")
+            skipped = None
+            try:  # before the bake: an explicit request without Blender fails at once
+                renderer_command()
+            except CyclesUnavailable as exc:
+                if steps:
+                    raise OutputFolderError(f"--refine-steps {steps} needs Blender: {exc}") from exc
+                skipped = f"no Blender to render with ({exc})"
             summary = bake_asset(args.out, quality=args.quality, texture_size=args.texture_size, device=args.device)
+            auto, steps = steps is None, STEPS if steps is None else steps
+            if skipped or not steps:
+                summary["refine"] = {"skipped": skipped or "--refine-steps 0"}
+            else:
+                try:
+                    summary["refine"] = refine_albedo(args.out, steps,
+                                                      progress=lambda ev: print(json.dumps(ev), flush=True))
+                except OutputFolderError as exc:  # e.g. the photos moved: the baked asset stands, unrefined
+                    if not auto:
+                        raise
+                    summary["refine"] = {"skipped": str(exc)}
             print(json.dumps({"event": "mesh", **summary}))
         elif args.bench == "mesh":
             from .asset.bench import bench_mesh
 
             bench_mesh(args.data, args.objects.split(","), args.runs, args.quality, args.texture_size,
                        args.iterations, args.distill_iterations, args.resolution, args.json, args.hdri_dir,
-                       args.cycles_views, args.cycles_samples)
+                       args.cycles_views, args.cycles_samples, refine_steps=args.refine_steps)
+        elif args.bench == "asset":
+            from .asset.photo_bench import bench_asset
+
+            bench_asset(args.run, args.samples, args.device, args.json)
         elif args.bench == "raster":
             from .bench.raster import bench_raster
 

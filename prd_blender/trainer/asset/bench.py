@@ -272,12 +272,13 @@ def cycles_fidelity(run: Path, obj, test_views, hdri_dir: Path, frames: list[int
 
 def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture_size: int, iterations: int,
                distill_iterations: int, resolution: int, json_path: Path | None, hdri_dir: Path | None = None,
-               cycles_views: int = 20, cycles_samples: int = 32, cycles_size: int = 128) -> dict:
+               cycles_views: int = 20, cycles_samples: int = 32, cycles_size: int = 128, refine_steps: int = 0) -> dict:
     """Bake and measure each object. ``runs/<object>`` is used when it holds a finished run; otherwise a run
     is trained there first with the given iteration counts and resolution.
 
     ``hdri_dir``: where the benchmark's HDRIs are; None skips the Cycles renders. ``cycles_views``: how many
-    test views (evenly spaced) Cycles renders per HDRI (0: none).
+    test views (evenly spaced) Cycles renders per HDRI (0: none). ``refine_steps``: albedo refinement through
+    Cycles after the bake (``asset.refine``, as ``prd mesh`` does by default; needs Blender).
     """
     from ..bench.common import table
     from ..bench.relight_data import load_relight_object
@@ -315,6 +316,15 @@ def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture
         train_s = time.time() - t0 if not done else read_manifest(run)["result"]["seconds"]
         run_cfg = json.loads((run / "run.json").read_text())
         summary = bake_asset(run, quality=quality, texture_size=texture_size)
+        refine: dict | None = None
+        if refine_steps > 0:
+            from .refine import refine_albedo
+
+            try:
+                renderer_command()
+                refine = refine_albedo(run, refine_steps)
+            except CyclesUnavailable as exc:
+                refine = {"skipped": str(exc)}
         verts, faces, _ = _read_uv_ply(run / summary["files"]["mesh"])
         gt = read_ply_mesh(obj.mesh)
         # UV seams split vertices; weld by position to judge the surface's topology
@@ -325,7 +335,7 @@ def bench_mesh(data: Path, objects: list[str], runs: Path, quality: str, texture
             **chamfer((verts, faces), gt), **outer_chamfer((verts, faces), gt),
             **edge_report(welded),
             "faces": int(len(faces)), "train_seconds": round(train_s, 1), "bake_seconds": summary["seconds"],
-            "depth_offset": summary.get("depth_offset"),
+            "depth_offset": summary.get("depth_offset"), "refine": refine,
         }
         test_views = load_capture(obj.test_transforms).views
         # at the benchmark's full size, where the GT albedo passes are

@@ -11,8 +11,9 @@ Only the standard library and ``bpy`` are used: the Blender Python may lack nump
 
 Job keys: ``glb``, ``transforms`` (camera_angle_x + frames[].transform_matrix = Blender camera.matrix_world),
 ``frames`` (indices into the transforms' frames), ``lightings`` ([{name, file, strength}]), ``dest``,
-``size``, ``samples``, ``seed``. Writes ``dest/<lighting name>/<frame stem>.exr`` (linear RGBA float32,
-premultiplied by the film alpha, as Blender stores EXR) and ``dest/render.json`` (timings, Blender version).
+``size`` (width), ``height`` (default ``size``), ``samples``, ``seed``. Writes ``dest/<lighting name>/<frame
+stem>.exr`` (linear RGBA float32, premultiplied by the film alpha, as Blender stores EXR) and
+``dest/render.json`` (timings, Blender version).
 
 The scene matches ``scripts/make_relight_benchmark.py``'s ground truth: Cycles CPU, OpenImageDenoise,
 transparent film, Standard view transform, a horizontal-fit camera of the same angle, world = Texture
@@ -114,6 +115,7 @@ def run(job: dict) -> dict:
     if not meshes:
         raise RuntimeError(f"the glTF importer found no mesh in {job['glb']}")
     scene = _setup_scene(bpy, int(job["size"]), int(job["samples"]), int(job.get("seed", 0)))
+    scene.render.resolution_y = int(job.get("height") or job["size"])
     env, bg = _setup_world(bpy)
     tf = json.loads(Path(job["transforms"]).read_text())
     cam_data = bpy.data.cameras.new("PRDBenchCamera")

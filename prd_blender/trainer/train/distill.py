@@ -195,6 +195,16 @@ def tonemap(x: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown tone map {kind!r}")
 
 
+def inverse_tonemap(y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Display [0, 1] -> linear: the inverse of :func:`tonemap` (exact below the clip)."""
+    from ..shading.shade import aces_filmic_inverse, srgb_to_linear
+
+    inverses = {"srgb": lambda t: srgb_to_linear(t.clamp(0, 1)), "aces": aces_filmic_inverse}
+    if kind not in inverses:
+        raise ValueError(f"unknown tone map {kind!r}")
+    return inverses[kind](y)
+
+
 def metallic_prior(maps: dict[str, torch.Tensor], power: float) -> torch.Tensor:
     """The dielectric prior: mean splatted metallic over the object, each pixel weighted by roughness ** power.
 
