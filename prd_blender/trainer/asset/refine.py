@@ -141,7 +141,6 @@ def refine_albedo(out: Path, steps: int = STEPS, samples: int = SAMPLES,
     photos = [inverse_tonemap(torch.from_numpy(v.image.astype(np.float32)), tone).numpy() for v in views]
     depths = [mesh_depth(mesh, v) for v in views]
     total = np.zeros((S, S, 3))  # log of the accumulated correction
-    albedo = base
     history = []
     for step in range(steps + 1):  # the last pass only measures
         t0 = time.time()
