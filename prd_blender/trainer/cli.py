@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     summary["refine"] = refine_albedo(args.out, steps,
                                                       progress=lambda ev: print(json.dumps(ev), flush=True))
-                except OutputFolderError as exc:  # e.g. the photos moved: the baked asset stands, unrefined
+                # The photos moved or Blender failed: by default the baked asset stands as the last step left
+                # it (each step rewrites the albedo and the GLB whole); an explicit request fails.
+                except (OutputFolderError, RuntimeError) as exc:
                     if not auto:
                         raise
                     summary["refine"] = {"skipped": str(exc)}
