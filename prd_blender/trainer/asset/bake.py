@@ -188,6 +188,19 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
+def texel_surface(uvmesh: UVMesh, size: int) -> tuple[np.ndarray, ...]:
+    """The surface under each used texel of a (size, size) texture: mask (size, size), then per used texel its
+    triangle's vertex indices (M, 3), barycentrics (M, 3, 1), point (M, 3) and unit interpolated normal (M, 3)."""
+    tri, bary, _ = rasterize_uv(uvmesh.uvs, uvmesh.faces, size, size)
+    mask = tri >= 0
+    f = uvmesh.faces[tri[mask]]
+    b = bary[mask][..., None]
+    P = (uvmesh.vertices[f] * b).sum(1)
+    N = (uvmesh.normals[f] * b).sum(1)
+    N /= np.maximum(np.linalg.norm(N, axis=1, keepdims=True), 1e-20)
+    return mask, f, b, P, N
+
+
 def bake_textures(uvmesh: UVMesh, views: ViewStack, texture_size: int, tol: float,
                   fallback: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Bake (size, size) maps: ``albedo`` (linear RGB), ``roughness``, ``metallic``, ``normal`` (tangent space,
@@ -197,13 +210,7 @@ def bake_textures(uvmesh: UVMesh, views: ViewStack, texture_size: int, tol: floa
     ``fallback``: (points (G, 3), material (G, 5)) of opaque Gaussians for texels no view sees.
     """
     S = int(texture_size)
-    tri, bary, _ = rasterize_uv(uvmesh.uvs, uvmesh.faces, S, S)
-    mask = tri >= 0
-    f = uvmesh.faces[tri[mask]]  # (M, 3)
-    b = bary[mask][..., None]  # (M, 3, 1)
-    P = (uvmesh.vertices[f] * b).sum(1)
-    N = (uvmesh.normals[f] * b).sum(1)
-    N /= np.maximum(np.linalg.norm(N, axis=1, keepdims=True), 1e-20)
+    mask, f, b, P, N = texel_surface(uvmesh, S)
     T = (uvmesh.tangents[f, :3] * b).sum(1)
     sign = uvmesh.tangents[f[:, 0], 3]
     feats, w = gather(P, N, views, tol)

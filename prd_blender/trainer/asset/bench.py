@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..bench.relight_score import FITS, relight_psnr
 from .gltf import read_ply_columns, read_ply_mesh
-from .surface import _raster_mesh
+from .surface import raster_view
 
 # ------------------------------------------------------------------------------------ mesh rendering
 
@@ -46,14 +46,7 @@ def sample_bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
 def render_textured(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
                     viewmat: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Render a UV-textured mesh (unlit) from an OpenCV camera: (image (H, W, C), mask (H, W))."""
-    cam = vertices @ viewmat[:3, :3].T + viewmat[:3, 3]
-    z = cam[:, 2]
-    zs = np.where(z > 1e-6, z, 1e-6)
-    pix = np.stack([K[0, 0] * cam[:, 0] / zs + K[0, 2], K[1, 1] * cam[:, 1] / zs + K[1, 2]], 1)
-    tri = np.full((height, width), -1, np.int64)
-    bary = np.zeros((height, width, 3))
-    zbuf = np.full((height, width), np.inf)
-    _raster_mesh(pix, z, uvs, faces, width, height, tri, bary, zbuf)
+    tri, bary, _ = raster_view(vertices, faces, viewmat, K, width, height)
     mask = tri >= 0
     out = np.zeros((height, width, texture.shape[2]))
     f = faces[tri[mask]]

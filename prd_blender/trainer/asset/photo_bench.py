@@ -19,21 +19,15 @@ The photos need alpha (an object mask); a capture without one has no object pixe
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..bench.relight_data import psnr
 from ..bench.relight_score import relight_psnr
 from ..outputs import OutputFolderError, read_manifest
 from .render_cycles import cycles_transforms, render_glb
-
-
-def _psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
-    d = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
-    mse = float(d[where].mean()) if where is not None else float(d.mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,8 +50,8 @@ def score_view(linear: np.ndarray, alpha: np.ndarray, photo: np.ndarray, mask: n
         raise ValueError("a held-out photo has no object pixels (alpha > 0.5)")
     drawn = alpha > 0.5
     res = {
-        "image_psnr": _psnr(whole, photo),
-        "object_psnr": _psnr(whole, photo, obj),
+        "image_psnr": psnr(whole, photo),
+        "object_psnr": psnr(whole, photo, obj),
         "iou": _iou(obj, drawn),
     }
     if tonemap == "srgb":  # the fit undoes exposure and white balance in linear, then scores in display space

@@ -27,8 +27,8 @@ from PIL import Image
 from scipy import ndimage
 
 from ..outputs import OutputFolderError, read_manifest, update_manifest
-from .bake import _srgb_encode, _to_u8, dilate, gather, rasterize_uv
-from .surface import FEATURES, ViewStack, _raster_mesh
+from .bake import _srgb_encode, _to_u8, dilate, gather, texel_surface
+from .surface import FEATURES, ViewStack, raster_view
 from .uv import UVMesh, mikk_tangents, padding_for
 
 STEPS = 2  # the second step takes up what the first overshot through inter-reflection and specular clipping
@@ -36,10 +36,6 @@ MAX_STEP_RATIO = 4.0  # one step changes a pixel's ratio by at most this factor 
 MAX_TOTAL_RATIO = 8.0  # nor may all steps together move a texel's albedo further than this
 MAX_SIDE = 256  # refinement renders: longer image side (the correction is smooth; texture detail stays baked)
 SAMPLES = 16  # Cycles samples per pixel, denoised
-
-
-def _srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
 
 def read_uv_mesh(path: Path) -> UVMesh:
@@ -57,17 +53,8 @@ def read_uv_mesh(path: Path) -> UVMesh:
 
 def mesh_depth(mesh: UVMesh, view) -> np.ndarray:
     """Camera z of the mesh's nearest surface at each pixel of ``view`` (inf where the mesh is not)."""
-    M = np.asarray(view.world_to_cam, np.float64)
-    K = np.asarray(view.K, np.float64)
-    cam = mesh.vertices @ M[:3, :3].T + M[:3, 3]
-    z = cam[:, 2]
-    zs = np.where(z > 1e-6, z, 1e-6)
-    pix = np.stack([K[0, 0] * cam[:, 0] / zs + K[0, 2], K[1, 1] * cam[:, 1] / zs + K[1, 2]], 1)
-    H, W = view.height, view.width
-    tri = np.full((H, W), -1, np.int64)
-    zbuf = np.full((H, W), np.inf)
-    _raster_mesh(pix, z, mesh.uvs, mesh.faces, W, H, tri, np.zeros((H, W, 3)), zbuf)
-    return zbuf
+    return raster_view(mesh.vertices, mesh.faces, np.asarray(view.world_to_cam, np.float64),
+                       np.asarray(view.K, np.float64), view.width, view.height)[2]
 
 
 def log_ratio(photo_linear: np.ndarray, mask: np.ndarray | None, render: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +98,7 @@ def refine_albedo(out: Path, steps: int = STEPS, samples: int = SAMPLES,
     """Refine ``out``'s baked albedo through Cycles (see the module); rewrites ``mesh_albedo.png`` and ``mesh.glb``
     and records the steps in the manifest's ``asset.refine``. Returns that record."""
     from ..train.distill import DistillConfig, inverse_tonemap
-    from .bench import read_render
+    from .bench import _read_texture, read_render
     from .gltf import write_glb
     from .render_cycles import cycles_transforms, render_glb
 
@@ -126,14 +113,9 @@ def refine_albedo(out: Path, steps: int = STEPS, samples: int = SAMPLES,
     views = _training_views(out, rec)
     mesh = read_uv_mesh(out / files["mesh"])
     albedo_png = out / files["texture_albedo"]
-    base = _srgb_to_linear(np.asarray(Image.open(albedo_png).convert("RGB"), np.float64) / 255.0)
+    base = _read_texture(albedo_png)
     S = base.shape[0]
-    tri, bary, _ = rasterize_uv(mesh.uvs, mesh.faces, S, S)
-    inside = tri >= 0
-    f, b = mesh.faces[tri[inside]], bary[inside][..., None]
-    P = (mesh.vertices[f] * b).sum(1)
-    N = (mesh.normals[f] * b).sum(1)
-    N /= np.maximum(np.linalg.norm(N, axis=1, keepdims=True), 1e-20)
+    inside, _, _, P, N = texel_surface(mesh, S)
     tol = 3.0 * float(manifest.get("asset", {}).get("voxel", 0.01))
     work = out / "refine"
     tf = cycles_transforms(views, work / "transforms.json")

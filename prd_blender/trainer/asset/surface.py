@@ -235,7 +235,7 @@ def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode:
 
 
 @njit(cache=True)
-def _raster_mesh(pix, z, uvs, faces, W, H, tri, bary, zbuf):  # pragma: no cover - numba
+def _raster_mesh(pix, z, faces, W, H, tri, bary, zbuf):  # pragma: no cover - numba
     """Z-buffered triangles with perspective-correct barycentrics. pix (V, 2) pixel coords, z (V,) camera z."""
     for f in range(faces.shape[0]):
         a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
@@ -267,6 +267,21 @@ def _raster_mesh(pix, z, uvs, faces, W, H, tri, bary, zbuf):  # pragma: no cover
                     bary[y, x, 0] = w0 / s
                     bary[y, x, 1] = w1 / s
                     bary[y, x, 2] = w2 / s
+
+
+def raster_view(vertices: np.ndarray, faces: np.ndarray, viewmat: np.ndarray, K: np.ndarray, width: int,
+                height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterise a mesh from an OpenCV camera: per pixel the nearest triangle (H, W) int64 (-1: none), its
+    perspective-correct barycentrics (H, W, 3) and the camera z (H, W) (inf: none)."""
+    cam = vertices @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = cam[:, 2]
+    zs = np.where(z > 1e-6, z, 1e-6)
+    pix = np.stack([K[0, 0] * cam[:, 0] / zs + K[0, 2], K[1, 1] * cam[:, 1] / zs + K[1, 2]], 1)
+    tri = np.full((height, width), -1, np.int64)
+    bary = np.zeros((height, width, 3))
+    zbuf = np.full((height, width), np.inf)
+    _raster_mesh(pix, z, faces, width, height, tri, bary, zbuf)
+    return tri, bary, zbuf
 
 
 
@@ -369,15 +384,8 @@ def mesh_silhouettes(vertices: np.ndarray, faces: np.ndarray, views: ViewStack) 
     V, H, W = views.coverage.shape
     out = np.zeros((V, H, W), bool)
     for v in range(V):
-        M, K = views.viewmats[v], views.Ks[v]
         w, h = int(views.sizes[v, 0]), int(views.sizes[v, 1])
-        cam = vertices @ M[:3, :3].T + M[:3, 3]
-        z = cam[:, 2]
-        zs = np.where(z > 1e-6, z, 1e-6)
-        pix = np.stack([K[0, 0] * cam[:, 0] / zs + K[0, 2], K[1, 1] * cam[:, 1] / zs + K[1, 2]], 1)
-        tri = np.full((h, w), -1, np.int64)
-        _raster_mesh(pix, z, np.zeros((len(vertices), 2)), faces, w, h, tri, np.zeros((h, w, 3)),
-                     np.full((h, w), np.inf))
+        tri, _, _ = raster_view(vertices, faces, views.viewmats[v], views.Ks[v], w, h)
         out[v, :h, :w] = tri >= 0
     return out
 
