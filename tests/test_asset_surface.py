@@ -214,3 +214,32 @@ def test_decimation_gives_faces_back_until_the_surface_is_kept():
     assert S.edge_report(f)["watertight"] and len(f) <= info["target_faces"]
     v, f, info = S.decimate(verts, faces, 2000)
     assert info["target_faces"] == 2000 and info["area_kept"] >= S.MIN_AREA_KEPT and S.edge_report(f)["watertight"]
+
+
+def test_faint_haze_in_front_of_a_surface_does_not_set_its_depth():
+    # The tails of faint Gaussians hanging into a gap can sum to transmittance 0.5 before a ray reaches the
+    # floor it sees (the mixed benchmark's ball in its bowl), which fused into a false floor. Three faint
+    # layers above an opaque one: all the Gaussians put the median depth in the haze; the fused depth is the
+    # opaque layer's.
+    from prd_blender.trainer.raster import rasterization
+    from prd_blender.trainer.train.gaussians import SH_COEFFS, Gaussians
+
+    n = 40
+    xs, ys = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    grid = torch.stack([xs.flatten(), ys.flatten()], -1)
+    heights = (0.0, 0.4, 0.5, 0.6)  # the opaque floor, then the haze
+    means = torch.cat([torch.cat([grid, torch.full((n * n, 1), z)], 1) for z in heights])
+    opac = torch.cat([torch.full((n * n,), o) for o in (0.9, 0.06, 0.06, 0.06)])
+    assert (opac[n * n:] < S.DEPTH_MIN_OPACITY).all()
+    m = len(means)
+    model = Gaussians({"means": means, "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(m, 1),
+                       "scales": torch.full((m, 3), math.log(0.05)), "opacities": torch.logit(opac),
+                       "sh0": torch.zeros(m, 1, 3), "shN": torch.zeros(m, SH_COEFFS - 1, 3)})
+    cam = S.look_at_camera(np.array([0.0, 0.0, 2.0]), np.zeros(3), 32.0, 32)
+    centre = (slice(12, 20), slice(12, 20))
+    full = rasterization(model.means, model.quats, model.scales, model.opacities, torch.ones(m, 1), cam.viewmat,
+                         cam.K, 32, 32, backend="cpu", median_depth=True)
+    assert float(full.median_depth[centre].max()) < 1.65  # every Gaussian: the haze takes it below 0.5
+    views = S.render_views(model, [cam], "cpu")
+    assert views.depth[0][centre] == pytest.approx(2.0, abs=0.03)
+    assert views.coverage[0][centre].min() > 0.95

@@ -17,7 +17,7 @@ import torch
 from numba import njit, prange
 
 from ..outputs import OutputFolderError
-from ..raster import rasterization
+from ..raster import median_depth_map, rasterization
 from ..train.gaussians import Gaussians
 from ..train.render import Camera
 from ..train.sh import C0
@@ -36,6 +36,14 @@ FEATURES = 8
 COVERED = 0.5  # coverage above which a pixel sees the surface
 EMPTY = 0.05  # coverage below which a pixel sees background (carves free space)
 SOLID = 0.9  # coverage of an opaque trained surface; floaters (haze) stay well below it
+# The least opacity of the Gaussians whose median depth is fused. Why: the tails of many faint or large
+# Gaussians hang into a narrow gap (the mixed benchmark's ball in its bowl); a ray grazing down the gap sums
+# them to transmittance 0.5 well above the floor it sees, so the fused gap came out filled (a flat false floor,
+# Chamfer 1.01 %). Faint Gaussians paint colour, not the surface. Measured on the three benchmark objects
+# (docs/benchmarks.md, mesh run 15), Chamfer % diffuse / glossy / mixed: all 0.31 / 0.77 / 1.01; above 0.1:
+# 0.31 / 0.76 / 0.84; above 0.25: 0.32 / 0.94 / 0.76 (glossy's reflections are painted by mid-opacity
+# Gaussians behind its surface: dropping them lets its depth sink).
+DEPTH_MIN_OPACITY = 0.1
 MAX_OFFSET_VOXELS = 6.0  # the largest depth-bias correction applied (measured: ~3 voxels at "standard")
 # How far smoothing may move a vertex (see ``smooth``): the fused surface's bumps are about a voxel either side,
 # so a crest is two voxels from a trough; thin parts are further. Measured (docs/benchmarks.md, mesh run 13): at
@@ -207,11 +215,14 @@ def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode:
 
     ``depth_mode``: "median" (where transmittance crosses 0.5: the first surface) or "expected" (the
     alpha-weighted mean). Expected depth averages the layers a pixel grazes: it filled the crevice between
-    the mixed object's ball and bowl with a meniscus of in-between depths.
+    the mixed object's ball and bowl with a meniscus of in-between depths. The median depth is that of the
+    Gaussians above ``DEPTH_MIN_OPACITY`` (the full set's where they never reach 0.5); coverage and the
+    material channels come from all of them.
     """
     if depth_mode not in ("median", "expected"):
         raise ValueError(f"unknown depth mode {depth_mode!r}")
     mat = gaussian_features(model)
+    solid = model.opacities.reshape(-1) > DEPTH_MIN_OPACITY
     W = max(c.width for c in cams)
     H = max(c.height for c in cams)
     V = len(cams)
@@ -222,7 +233,13 @@ def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode:
         f = torch.cat([mat, model.normals(cam.centre)], 1)
         out = rasterization(model.means, model.quats, model.scales, model.opacities, f, cam.viewmat, cam.K,
                             cam.width, cam.height, backend=backend, median_depth=depth_mode == "median")
-        d = out.depth if depth_mode == "expected" else torch.where(out.median_depth > 0, out.median_depth, out.depth)
+        d = out.depth
+        if depth_mode == "median":
+            d = torch.where(out.median_depth > 0, out.median_depth, d)
+            if solid.any():
+                med = median_depth_map(model.means[solid], model.quats[solid], model.scales[solid],
+                                       model.opacities.reshape(-1)[solid], cam.viewmat, cam.K, cam.width, cam.height)
+                d = torch.where(med > 0, med, d)
         depth[i, : cam.height, : cam.width] = d.cpu().numpy()
         cov[i, : cam.height, : cam.width] = out.alpha.cpu().numpy()
         feats[i, : cam.height, : cam.width] = out.features.cpu().numpy()

@@ -16,7 +16,7 @@ import torch
 
 from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, project_gaussians
 
-__all__ = ["ALPHA_MAX", "ALPHA_MIN", "T_MIN", "RasterOutput", "choose_backend", "rasterization"]
+__all__ = ["ALPHA_MAX", "ALPHA_MIN", "T_MIN", "RasterOutput", "choose_backend", "median_depth_map", "rasterization"]
 
 BACKENDS = ("auto", "cpu", "cuda", "reference")
 
@@ -110,6 +110,14 @@ def rasterization(
         with torch.no_grad():
             med = median_depth_cpu(proj.means2d, proj.conics, opacities, proj.radii, proj.depths, width, height)
     return RasterOutput(out[..., :-1], alpha, depth, proj.means2d, proj.radii, backend, med)
+
+
+def median_depth_map(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+                     viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int, *, near_plane: float = 0.01,
+                     eps2d: float = 0.3) -> torch.Tensor:
+    """Only the median depth (H, W) of ``rasterization(..., median_depth=True)``, on the CPU, without gradient:
+    camera z where transmittance crosses 0.5, 0 where it never does."""
+    return _median(means, quats, scales, opacities, viewmat, K, width, height, near_plane, eps2d)
 
 
 @torch.no_grad()
