@@ -138,8 +138,9 @@ def _gather(P, N, viewmats, Ks, sizes, depth, cov, feats, tol, out, wout):  # pr
 
 
 def gather(points: np.ndarray, normals: np.ndarray, views: ViewStack, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """View-weighted mean of the rendered features at surface points (M, 3): (M, FEATURES), weights (M,)."""
-    out = np.zeros((len(points), FEATURES), np.float64)
+    """View-weighted sums of the rendered features at surface points (M, 3): (M, C) for the views' C channels,
+    and the weights (M,)."""
+    out = np.zeros((len(points), views.feats.shape[3]), np.float64)
     w = np.zeros(len(points), np.float64)
     _gather(np.ascontiguousarray(points, np.float64), np.ascontiguousarray(normals, np.float64), views.viewmats,
             views.Ks, views.sizes, views.depth, views.coverage, views.feats, float(tol), out, w)
