@@ -220,7 +220,7 @@ def test_faint_haze_in_front_of_a_surface_does_not_set_its_depth():
     # The tails of faint Gaussians hanging into a gap can sum to transmittance 0.5 before a ray reaches the
     # floor it sees (the mixed benchmark's ball in its bowl), which fused into a false floor. Three faint
     # layers above an opaque one: all the Gaussians put the median depth in the haze; the fused depth is the
-    # opaque layer's.
+    # opaque layer's, unless that lies less than ``haze_gap`` deeper.
     from prd_blender.trainer.raster import rasterization
     from prd_blender.trainer.train.gaussians import SH_COEFFS, Gaussians
 
@@ -240,6 +240,8 @@ def test_faint_haze_in_front_of_a_surface_does_not_set_its_depth():
     full = rasterization(model.means, model.quats, model.scales, model.opacities, torch.ones(m, 1), cam.viewmat,
                          cam.K, 32, 32, backend="cpu", median_depth=True)
     assert float(full.median_depth[centre].max()) < 1.65  # every Gaussian: the haze takes it below 0.5
-    views = S.render_views(model, [cam], "cpu")
+    views = S.render_views(model, [cam], "cpu", haze_gap=0.1)
     assert views.depth[0][centre] == pytest.approx(2.0, abs=0.03)
     assert views.coverage[0][centre].min() > 0.95
+    near = S.render_views(model, [cam], "cpu", haze_gap=1.0)  # the haze is 0.4-0.6 in front: within the gap
+    assert np.allclose(near.depth[0][centre], full.median_depth[centre].numpy(), atol=1e-5)

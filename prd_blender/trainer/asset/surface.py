@@ -36,14 +36,16 @@ FEATURES = 8
 COVERED = 0.5  # coverage above which a pixel sees the surface
 EMPTY = 0.05  # coverage below which a pixel sees background (carves free space)
 SOLID = 0.9  # coverage of an opaque trained surface; floaters (haze) stay well below it
-# The least opacity of the Gaussians whose median depth is fused. Why: the tails of many faint or large
-# Gaussians hang into a narrow gap (the mixed benchmark's ball in its bowl); a ray grazing down the gap sums
-# them to transmittance 0.5 well above the floor it sees, so the fused gap came out filled (a flat false floor,
-# Chamfer 1.01 %). Faint Gaussians paint colour, not the surface. Measured on the three benchmark objects
-# (docs/benchmarks.md, mesh run 15), Chamfer % diffuse / glossy / mixed: all 0.31 / 0.77 / 1.01; above 0.1:
-# 0.31 / 0.76 / 0.84; above 0.25: 0.32 / 0.94 / 0.76 (glossy's reflections are painted by mid-opacity
-# Gaussians behind its surface: dropping them lets its depth sink).
+# Haze: the tails of many faint or large Gaussians hanging into a narrow gap (the mixed benchmark's ball in its
+# bowl) sum to transmittance 0.5 well above the floor a ray grazing down the gap sees, and the fused gap came out
+# filled (a flat false floor, Chamfer 1.01 %). Where the median depth of the Gaussians above DEPTH_MIN_OPACITY lies
+# more than HAZE_GAP_VOXELS (the TSDF's truncation) deeper than every Gaussian's, the deeper one is fused.
+# Everywhere else the full set's stands: using the opaque set's everywhere cost lego's thin parts (its mesh needed
+# twice the faces to keep its area, -0.2 dB against its photos). Measured (docs/benchmarks.md, mesh run 15),
+# Chamfer % diffuse / glossy / mixed: before 0.31 / 0.77 / 1.01; this 0.31 / 0.77 / 0.85; a threshold of 0.25
+# 0.32 / 0.94 / 0.76 (glossy's reflections are painted by mid-opacity Gaussians behind its surface).
 DEPTH_MIN_OPACITY = 0.1
+HAZE_GAP_VOXELS = 3.0
 MAX_OFFSET_VOXELS = 6.0  # the largest depth-bias correction applied (measured: ~3 voxels at "standard")
 # How far smoothing may move a vertex (see ``smooth``): the fused surface's bumps are about a voxel either side,
 # so a crest is two voxels from a trough; thin parts are further. Measured (docs/benchmarks.md, mesh run 13): at
@@ -210,14 +212,15 @@ def gaussian_features(model: Gaussians) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode: str = "median") -> ViewStack:
+def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode: str = "median",
+                 haze_gap: float = 0.0) -> ViewStack:
     """Splat depth, coverage and the material + normal channels of every camera (one pass each).
 
     ``depth_mode``: "median" (where transmittance crosses 0.5: the first surface) or "expected" (the
     alpha-weighted mean). Expected depth averages the layers a pixel grazes: it filled the crevice between
-    the mixed object's ball and bowl with a meniscus of in-between depths. The median depth is that of the
-    Gaussians above ``DEPTH_MIN_OPACITY`` (the full set's where they never reach 0.5); coverage and the
-    material channels come from all of them.
+    the mixed object's ball and bowl with a meniscus of in-between depths. Where the median depth of the
+    Gaussians above ``DEPTH_MIN_OPACITY`` lies more than ``haze_gap`` (world units) deeper, it replaces the
+    full set's (see ``HAZE_GAP_VOXELS``); coverage and the material channels come from every Gaussian.
     """
     if depth_mode not in ("median", "expected"):
         raise ValueError(f"unknown depth mode {depth_mode!r}")
@@ -239,7 +242,7 @@ def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode:
             if solid.any():
                 med = median_depth_map(model.means[solid], model.quats[solid], model.scales[solid],
                                        model.opacities.reshape(-1)[solid], cam.viewmat, cam.K, cam.width, cam.height)
-                d = torch.where(med > 0, med, d)
+                d = torch.where((med > 0) & (med > d + haze_gap), med, d)
         depth[i, : cam.height, : cam.width] = d.cpu().numpy()
         cov[i, : cam.height, : cam.width] = out.alpha.cpu().numpy()
         feats[i, : cam.height, : cam.width] = out.features.cpu().numpy()
@@ -374,6 +377,11 @@ def _fuse(origin, voxel, shape, viewmats, Ks, sizes, depth, cov, covmax, feats, 
                     out[i, j, k] = 1.0
 
 
+def voxel_size(lo: np.ndarray, hi: np.ndarray, resolution: int) -> float:
+    """The TSDF's cell size: ``resolution`` cells along the longest side of [lo, hi]."""
+    return float((hi - lo).max()) / (resolution - 1)
+
+
 def fuse_tsdf(views: ViewStack, lo: np.ndarray, hi: np.ndarray, resolution: int,
               trunc_voxels: float = 3.0, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
     """Truncated signed distance (in units of the truncation, positive outside) on a grid over [lo, hi].
@@ -383,7 +391,7 @@ def fuse_tsdf(views: ViewStack, lo: np.ndarray, hi: np.ndarray, resolution: int,
 
     Returns (volume (nx, ny, nz) float32, origin of cell (0, 0, 0), voxel size).
     """
-    voxel = float((hi - lo).max()) / (resolution - 1)
+    voxel = voxel_size(lo, hi, resolution)
     shape = np.maximum(np.ceil((hi - lo) / voxel).astype(np.int64) + 1, 2)
     out = np.empty(tuple(shape), np.float32)
     # Carve only where the 3x3 neighbourhood is background too: a voxel just inside the silhouette can fall
@@ -854,7 +862,7 @@ def extract_surface(model: Gaussians, capture_cams: list[Camera], quality: str =
     opaque = validate_gaussians(model)
     lo, hi = object_bounds(model, opaque)
     cams = gather_cameras(model, opaque, capture_cams, cfg, lo, hi)
-    views = render_views(model, cams, backend, depth_mode)
+    views = render_views(model, cams, backend, depth_mode, haze_gap=HAZE_GAP_VOXELS * voxel_size(lo, hi, cfg["grid"]))
     if views.coverage.max() < COVERED:
         raise GaussianFileError(
             "no surface: no rendered pixel is more than 50% covered (the Gaussians are too transparent)")
