@@ -40,10 +40,10 @@ SOLID = 0.9  # coverage of an opaque trained surface; floaters (haze) stay well 
 # bowl) sum to transmittance 0.5 well above the floor a ray grazing down the gap sees, and the fused gap came out
 # filled (a flat false floor, Chamfer 1.01 %). Where the median depth of the Gaussians above DEPTH_MIN_OPACITY lies
 # more than HAZE_GAP_VOXELS (the TSDF's truncation) deeper than every Gaussian's, the deeper one is fused.
-# Everywhere else the full set's stands: using the opaque set's everywhere cost lego's thin parts (its mesh needed
-# twice the faces to keep its area, -0.2 dB against its photos). Measured (docs/benchmarks.md, mesh run 15),
-# Chamfer % diffuse / glossy / mixed: before 0.31 / 0.77 / 1.01; this 0.31 / 0.77 / 0.85; a threshold of 0.25
-# 0.32 / 0.94 / 0.76 (glossy's reflections are painted by mid-opacity Gaussians behind its surface).
+# Everywhere else the full set's stands: lego's thin parts take their depth from faint Gaussians, and with the
+# opaque set's depth everywhere its mesh needed twice the faces to keep its area. Measured (docs/benchmarks.md,
+# mesh run 15), Chamfer % diffuse / glossy / mixed: before 0.31 / 0.77 / 1.01; this 0.31 / 0.77 / 0.85; a
+# threshold of 0.25 0.32 / 0.94 / 0.76 (glossy's reflections are painted by mid-opacity Gaussians behind it).
 DEPTH_MIN_OPACITY = 0.1
 HAZE_GAP_VOXELS = 3.0
 MAX_OFFSET_VOXELS = 6.0  # the largest depth-bias correction applied (measured: ~3 voxels at "standard")
