@@ -225,7 +225,9 @@ def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode:
     if depth_mode not in ("median", "expected"):
         raise ValueError(f"unknown depth mode {depth_mode!r}")
     mat = gaussian_features(model)
-    solid = model.opacities.reshape(-1) > DEPTH_MIN_OPACITY
+    opac = model.opacities.reshape(-1)
+    solid = opac > DEPTH_MIN_OPACITY
+    opaque = (model.means[solid], model.quats[solid], model.scales[solid], opac[solid])  # once, not per view
     W = max(c.width for c in cams)
     H = max(c.height for c in cams)
     V = len(cams)
@@ -240,8 +242,7 @@ def render_views(model: Gaussians, cams: list[Camera], backend: str, depth_mode:
         if depth_mode == "median":
             d = torch.where(out.median_depth > 0, out.median_depth, d)
             if solid.any():
-                med = median_depth_map(model.means[solid], model.quats[solid], model.scales[solid],
-                                       model.opacities.reshape(-1)[solid], cam.viewmat, cam.K, cam.width, cam.height)
+                med = median_depth_map(*opaque, cam.viewmat, cam.K, cam.width, cam.height)
                 d = torch.where((med > 0) & (med > d + haze_gap), med, d)
         depth[i, : cam.height, : cam.width] = d.cpu().numpy()
         cov[i, : cam.height, : cam.width] = out.alpha.cpu().numpy()
