@@ -20,7 +20,7 @@ from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
 from prd_blender.trainer.train.densify import DensifyStrategy
 from prd_blender.trainer.train.distill import DistillConfig, _optimizers, _set_stage_lrs, distill_loss, shade_maps
 from prd_blender.trainer.train.gaussians import Gaussians
-from prd_blender.trainer.train.losses import albedo_smoothness
+from prd_blender.trainer.train.losses import AlbedoOrientation, albedo_smoothness
 from prd_blender.trainer.train.stage1 import Stage1Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,11 +68,15 @@ def test_four_stages_write_every_output(tmp_path):
     assert 5 < ev["psnr"] < 60
 
 
-def test_stage_to_stage_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("orientation", [0.0, 1.0])
+def test_stage_to_stage_resume_is_exact(tmp_path, orientation):
+    # With the light's orientation term on, its running moments travel in the checkpoint too.
     s1, d = configs()
+    d.light_orientation_weight = orientation
     run_train(SAMPLE, tmp_path / "a", resolution=32, config=s1, distill=d, quiet=True)
     # Pause inside stage 3 (global iteration = 30 stage-1 + 8 stage-2 + 3), then resume.
     s1b, db = configs()
+    db.light_orientation_weight = orientation
     m = run_train(SAMPLE, tmp_path / "b", resolution=32, config=s1b, distill=db, stop_at=41, quiet=True)
     assert m["status"] == "paused"
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
@@ -362,6 +366,80 @@ def test_albedo_smoothness_spares_edges_the_photo_shows():
     half = cover.clone()
     half[:, n // 2:] = 0  # the step's bright side has no surface: no neighbour pair crosses it
     assert albedo_smoothness(step, half, flat_photo).item() == 0.0
+
+
+def _sphere_normals(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An orthographic view of a unit sphere: its normals (n, n, 3) and coverage (n, n, 1)."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    inside = x * x + y * y < 0.95
+    z = torch.sqrt((1 - x * x - y * y).clamp_min(0))
+    return torch.stack([x, y, z], -1) * inside[..., None], inside[..., None].float()
+
+
+def test_albedo_orientation_finds_a_pattern_of_the_normal_and_pulls_it_out():
+    """Log-albedo linear in the normal is explained in full (its variance comes back); a checker that ignores
+    the normal hardly at all, nor does anything off the surface; and beside an image loss that cannot tell
+    albedo from light, the term moves the pattern out of the albedo into the light."""
+    normal, cover = _sphere_normals(48)
+    inside = cover[..., 0] > 0.5
+    k = 0.4
+    shade = torch.exp(k * normal[..., 2:3]).expand(-1, -1, 3)
+    prior = AlbedoOrientation(decay=1.0)
+    prior.step(0.5 * shade, normal, cover)
+    expected = 3 * (k * normal[..., 2][inside]).var(unbiased=False).item()
+    assert prior.explained() == pytest.approx(expected, rel=0.01)
+    i, j = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    checker = (0.2 + 0.5 * ((i // 6 + j // 6) % 2).float())[..., None].expand(-1, -1, 3).clone()
+    total = 3 * torch.log(checker[..., 0][inside]).var(unbiased=False).item()
+    plain = AlbedoOrientation(decay=1.0)
+    plain.step(torch.where(inside[..., None], checker, torch.full_like(checker, 5.0)), normal, cover)
+    assert plain.explained() < 0.05 * total
+    assert AlbedoOrientation().step(checker, normal, torch.zeros_like(cover)).item() == 0.0
+
+    # The ambiguity it resolves: an image = albedo x irradiance, where the albedo starts out holding the
+    # irradiance's pattern and a one-parameter "light" exp(gain z) none of it. The image alone cannot tell
+    # them apart; with the term, the pattern moves into the light.
+    image = checker * shade
+    for weight, gain_after in ((0.0, (-0.05, 0.05)), (5.0, (0.75 * k, 1.2 * k))):
+        log_albedo = torch.log(image).clone().requires_grad_(True)
+        gain = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adam([log_albedo, gain], lr=0.01)
+        prior = AlbedoOrientation()
+        for _ in range(600):
+            opt.zero_grad()
+            render = log_albedo.exp() * torch.exp(gain * normal[..., 2:3])
+            loss = (render - image)[inside].abs().mean() + weight * prior.step(log_albedo.exp(), normal, cover)
+            loss.backward()
+            opt.step()
+        assert gain_after[0] < gain.item() < gain_after[1], (weight, gain.item())
+
+
+def test_light_orientation_lights_the_normals_whose_albedo_came_out_bright():
+    """An albedo brighter on the normals facing +z (a noise texture times exp(0.4 z)) under a uniform light: the term's
+    gradient (plain descent, the albedo held), raises the light's irradiance at +z against +x; an albedo without
+    the pattern leaves the light nearly as it was, and metal pixels (weight 1 - metallic) are not counted."""
+    from prd_blender.trainer.shading.diffuse import irradiance_sh
+    from prd_blender.trainer.train.distill import light_orientation
+
+    normal, cover = _sphere_normals(48)
+    texture = 0.2 + 0.5 * torch.rand(48, 48, 3, generator=torch.Generator().manual_seed(0))  # no orientation
+    probe = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+
+    def trained_ratio(albedo: torch.Tensor, metallic: float) -> float:
+        light = EnvironmentLight(16, init=1.0)
+        opt = torch.optim.SGD(light.parameters(), lr=100.0)  # steps in proportion to the pull, unlike Adam
+        prior = AlbedoOrientation()
+        maps = {"albedo": albedo, "normal": normal, "coverage": cover, "metallic": torch.full_like(cover, metallic)}
+        for _ in range(40):
+            opt.zero_grad()
+            light_orientation(maps, light, prior).backward()
+            opt.step()
+        irr = irradiance_sh(probe, light.sh_coeffs(order=2)).detach()
+        return (irr[0] / irr[1]).mean().item()
+
+    assert trained_ratio(texture * torch.exp(0.4 * normal[..., 2:3]), 0.0) > 1.05
+    assert abs(trained_ratio(texture, 0.0) - 1) < 0.005
+    assert abs(trained_ratio(texture * torch.exp(0.4 * normal[..., 2:3]), 1.0) - 1) < 1e-4
 
 
 def test_light_learning_rate_after_stage_two():

@@ -32,6 +32,7 @@ from ..train.distill import (
     trained_environment,
 )
 from ..train.gaussians import Gaussians
+from ..train.losses import AlbedoOrientation
 from ..train.losses import psnr as psnr_t
 from ..train.progress import Progress
 from ..train.render import Camera, render_pbr_maps
@@ -60,6 +61,9 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
          "roughness_mae": [], "metallic_mae": [], "progress_mean": []}
     per_hdri: dict[str, list[float]] = {h: [] for h in relights}
     sky_t, sun_t = trained_environment(light, cfg)
+    # How much of the log-albedo a function of the normal explains, pooled over the test views: a wrong learned
+    # light leaves such a pattern in a diffuse albedo (train.losses.AlbedoOrientation); the truth's is chance.
+    orient, orient_gt = AlbedoOrientation(decay=1.0), AlbedoOrientation(decay=1.0)
     # The same maps relit with the whole map in the split sum (no sun split), for comparison in one run.
     no_sun: dict[str, list[float]] = {h: [] for h, (_, sun, _) in relights.items() if sun is not None}
     for view, gt in zip(test_views, obj.views, strict=True):
@@ -74,6 +78,10 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
         m["roughness_mae"].append(mae(maps["roughness"][..., 0].numpy(), gt.roughness, mask))
         m["metallic_mae"].append(mae(maps["metallic"][..., 0].numpy(), gt.metallic, mask))
         m["progress_mean"].append(float(maps["progress"][..., 0].numpy()[mask].mean()))
+        with torch.no_grad():
+            orient.step(maps["albedo"], maps["normal"], maps["coverage"])
+            orient_gt.step(torch.from_numpy(gt.albedo), torch.from_numpy(gt.normal),
+                           torch.from_numpy(gt.mask)[..., None])
         for h, (sky, sun, whole) in relights.items():
             phy = shade_maps(maps, sky, lut, vis, 4, cfg, sun)["phy"].numpy()
             if h in no_sun and h in gt.relit_linear:
@@ -91,6 +99,7 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
     # per HDRI as well: a hard sun (quarry) and a soft sky fail differently
     out = {**{k: float(np.mean(v)) for k, v in m.items()},
            "relight_psnr_per_hdri": {h: float(np.mean(v)) for h, v in per_hdri.items()}}
+    out["albedo_orientation"], out["albedo_orientation_gt"] = orient.explained(), orient_gt.explained()
     if any(no_sun.values()):
         out["relight_psnr_per_hdri_no_sun"] = {h: float(np.mean(v)) for h, v in no_sun.items() if v}
     info = obj.meta.get("hdri")

@@ -30,7 +30,7 @@ from ..shading.sun import Sun, split_sun, sun_radiance, sun_sh
 from ..shading.visibility import VisibilityGrid, bake_visibility
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gaussians import Gaussians
-from .losses import albedo_smoothness, image_loss, psnr
+from .losses import AlbedoOrientation, albedo_smoothness, image_loss, psnr
 from .progress import Progress
 from .render import Camera, normal_consistency, render_pbr_maps
 from .stage1 import Cancelled, StopFlag
@@ -143,6 +143,14 @@ class DistillConfig:
     # pin the light on diffuse objects, whose per-Gaussian albedo absorbs any smooth error in the light; at 0.02
     # the light's irradiance grew more contrasty instead and diffuse relit 0.59 dB worse (relighting run 12).
     albedo_smooth_weight: float = 0.0
+    # Albedo independent of orientation (train.losses.AlbedoOrientation) from stage 3 on; 0 turns it off. The
+    # part of the log-albedo that a degree-1/2 function of the normal explains, pooled over views, is what a
+    # wrong learned light leaves in a diffuse surface's albedo; pulling it out hands that part back to the light.
+    albedo_orientation_weight: float = 0.0
+    # The same pattern handed to a learned light directly (from stage 3 on; 0: off): the light's unoccluded
+    # diffuse irradiance at each pixel's normal is pulled by the pattern the dielectric pixels' albedo shows
+    # (pooled over views), and the albedo then follows the image.
+    light_orientation_weight: float = 0.0
     # Relighting under a fixed map splits off its sun (shading.sun: brighter than this many times the map's
     # mean luminance) as a directional light with a ray-marched shadow; 0 keeps the whole map in the split
     # sum and SH visibility. Training's learned light is never split.
@@ -213,6 +221,17 @@ def metallic_prior(maps: dict[str, torch.Tensor], power: float) -> torch.Tensor:
     must not buy itself a lower value by making surfaces smoother."""
     gate = maps["roughness"].detach() ** power
     return (maps["metallic"] * gate * maps["coverage"]).mean()
+
+
+def light_orientation(maps: dict, light: EnvironmentLight, orientation: AlbedoOrientation) -> torch.Tensor:
+    """Pull the light's log diffuse irradiance at each covered pixel's normal up by the pattern of the normal that
+    the albedo shows (``AlbedoOrientation``, dielectric pixels weighted by 1 - metallic): where the albedo came
+    out bright for its orientation, the light gave that orientation too little. Gradient reaches the light only."""
+    n = orientation.update(maps["albedo"], maps["normal"], maps["coverage"], 1 - maps["metallic"])
+    if n is None:
+        return light.log_radiance.sum() * 0.0
+    log_irr = irradiance_sh(n, light.sh_coeffs(order=2)).clamp_min(1e-6).log()
+    return ((log_irr - (log_irr + orientation.pattern(n)).detach()) ** 2).mean()
 
 
 def relight_environment(light: EnvironmentLight, cfg: DistillConfig) -> tuple[EnvironmentLight, Sun | None]:
@@ -321,8 +340,9 @@ def light_grey_loss(light: EnvironmentLight) -> torch.Tensor:
 
 
 def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: EnvironmentLight, stage: int,
-                 cfg: DistillConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One iteration's loss (DESIGN.md §3 plus the project's terms) and the composited image it scored."""
+                 cfg: DistillConfig, orientation: AlbedoOrientation | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One iteration's loss (DESIGN.md §3 plus the project's terms) and the composited image it scored.
+    ``orientation``: the running state of the ``albedo_orientation_weight`` term (updated here)."""
     img = composite(sh["blend"], maps["coverage"], bg)
     loss = image_loss(img, cam.image, cfg.ssim_weight)
     if cfg.normal_weight > 0:
@@ -339,6 +359,11 @@ def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: Env
             loss = loss + cfg.light_weight * light_grey_loss(light)
     if stage >= 3 and cfg.albedo_smooth_weight > 0:
         loss = loss + cfg.albedo_smooth_weight * albedo_smoothness(maps["albedo"], maps["coverage"], cam.image)
+    if stage >= 3 and cfg.albedo_orientation_weight > 0 and orientation is not None:
+        loss = loss + cfg.albedo_orientation_weight * orientation.step(maps["albedo"], maps["normal"],
+                                                                       maps["coverage"])
+    if stage >= 3 and cfg.light_orientation_weight > 0 and orientation is not None and not cfg.known_light:
+        loss = loss + cfg.light_orientation_weight * light_orientation(maps, light, orientation)
     if stage >= 3 and cfg.metallic_weight > 0:
         loss = loss + cfg.metallic_weight * metallic_prior(maps, cfg.metallic_prior_power)
     if _physical_term_on(stage, cfg):
@@ -458,6 +483,7 @@ def train_distill(
     bg = torch.tensor(background, dtype=torch.float32)
     lut = get_brdf_lut()
     torch.manual_seed(seed + 2)
+    orientation = AlbedoOrientation()
     if resume_state is not None:
         model = Gaussians(resume_state["params"])
         light = EnvironmentLight(cfg.light_resolution)
@@ -465,6 +491,8 @@ def train_distill(
         it0, order, cursor = resume_state["iteration"], resume_state["order"], resume_state["cursor"]
         vis = VisibilityGrid(**resume_state["visibility"]) if resume_state.get("visibility") else None
         elapsed0 = resume_state.get("elapsed", 0.0)
+        if resume_state.get("orientation"):
+            orientation.load_state_dict(resume_state["orientation"])
     else:
         if not model.has_pbr:
             model.add_pbr(progress=cfg.progress_init)
@@ -483,7 +511,7 @@ def train_distill(
             "stage": cfg.stage_of(max(it, 1)), "distill": True, "iteration": it, "params": model.state_dict(),
             "light": light.state_dict(), "optim": {k: o.state_dict() for k, o in opt.items()},
             "visibility": dataclasses.asdict(vis) if vis is not None else None, "order": list(order), "cursor": cursor,
-            "hold_until": hold_until, "elapsed": elapsed,
+            "hold_until": hold_until, "elapsed": elapsed, "orientation": orientation.state_dict(),
         })
         progress.emit("checkpoint", stage=cfg.stage_of(max(it, 1)), iteration=offset + it, path=str(ckpt_path))
 
@@ -518,7 +546,7 @@ def train_distill(
                                    raw_fixed_geometry=stage <= cfg.raw_fixed_geometry)
             sky, sun = trained_environment(light, cfg)
             sh = shade_maps(maps, sky, lut, vis, stage, cfg, sun)
-            loss, img = distill_loss(maps, sh, cam, bg, light, stage, cfg)
+            loss, img = distill_loss(maps, sh, cam, bg, light, stage, cfg, orientation)
             loss.backward()
             for o in opt.values():
                 o.step()

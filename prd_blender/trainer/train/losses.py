@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .sh import sh_basis
+
 
 def _window(size: int = 11, sigma: float = 1.5, channels: int = 3) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
@@ -59,6 +61,81 @@ def albedo_smoothness(albedo: torch.Tensor, coverage: torch.Tensor, image: torch
         both = inside.narrow(dim, 1, n) * inside.narrow(dim, 0, n)
         terms.append((da * torch.exp(-sharpness * di) * both).sum())
     return (terms[0] + terms[1]) / count
+
+
+class AlbedoOrientation:
+    """How much of the log-albedo a smooth function of the normal explains, pooled over the views seen.
+
+    Per channel, the splatted log-albedo is regressed on the degree-0 to -2 spherical harmonics of the
+    (detached) normal, from moments averaged over views (``decay`` per view: 1 weighs every view alike). An
+    error in a learned light's low-frequency irradiance is a function of the normal, and a diffuse surface's
+    free albedo absorbs it as exactly such a pattern; a real texture follows the surface's orientation only by
+    chance, which pooling over views averages out (one view sees half the normals, with its own chance fit).
+    """
+
+    def __init__(self, decay: float = 0.98, ridge: float = 1e-4) -> None:
+        self.decay, self.ridge = decay, ridge
+        self.gram: torch.Tensor | None = None  # running mean of b b^T (9, 9)
+        self.cross: torch.Tensor | None = None  # running mean of b x^T (9, 3)
+        self.weight = 0.0
+
+    def _coefficients(self) -> torch.Tensor:
+        g = self.gram / self.weight
+        g = g + self.ridge * g.diagonal().mean() * torch.eye(g.shape[0], dtype=g.dtype)  # few normals: ill-posed
+        return torch.linalg.solve(g, self.cross / self.weight)
+
+    def update(self, albedo: torch.Tensor, normal: torch.Tensor, coverage: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Add this view's moments (no gradient), each pixel weighted by ``weight`` (H, W, 1; None: alike).
+        Returns the covered pixels' normals; None (nothing added) with fewer than 32 of them or a total weight
+        under 32 (e.g. all metal)."""
+        inside = coverage[..., 0] > 0.5
+        if int(inside.sum()) < 32:
+            return None
+        n = normal[inside].detach()
+        x = torch.log(albedo[inside].detach().clamp_min(1e-3))
+        b = sh_basis(n, 2)
+        w = torch.ones_like(b[:, :1]) if weight is None else weight[inside].detach().clamp_min(0)
+        total = w.sum()
+        if float(total) < 32:
+            return None
+        g, h = b.T @ (w * b) / total, b.T @ (w * x) / total
+        first = self.gram is None
+        self.gram = g if first else self.decay * self.gram + g
+        self.cross = h if first else self.decay * self.cross + h
+        self.weight = 1.0 if first else self.decay * self.weight + 1.0
+        return n
+
+    def pattern(self, normal: torch.Tensor) -> torch.Tensor:
+        """The pooled fit's log-albedo pattern (N, 3) at unit normals (N, 3), mean zero over them."""
+        out = sh_basis(normal, 2)[:, 1:] @ self._coefficients()[1:]
+        return out - out.mean(0)
+
+    def step(self, albedo: torch.Tensor, normal: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+        """Add this view's moments; return a loss whose gradient pulls each covered pixel's log-albedo against
+        the pooled pattern, so that descent removes the pattern. Zero with fewer than 32 covered pixels."""
+        n = self.update(albedo, normal, coverage)
+        if n is None:
+            return albedo.sum() * 0.0
+        x = torch.log(albedo[coverage[..., 0] > 0.5].clamp_min(1e-3))
+        return (x * self.pattern(n)).sum(-1).mean()
+
+    def explained(self) -> float:
+        """Variance of the pooled log-albedo that the fitted function of the normal explains (summed over
+        channels); 0 before any view."""
+        if self.gram is None:
+            return 0.0
+        g = self.gram / self.weight
+        mean = g[0, 1:] / g[0, 0].sqrt()  # the first basis function is a constant
+        cov = g[1:, 1:] - mean[:, None] * mean[None, :]
+        c = self._coefficients()[1:]
+        return float((c * (cov @ c)).sum())
+
+    def state_dict(self) -> dict:
+        return {"gram": self.gram, "cross": self.cross, "weight": self.weight}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gram, self.cross, self.weight = state["gram"], state["cross"], state["weight"]
 
 
 def psnr(img: torch.Tensor, ref: torch.Tensor) -> float:
