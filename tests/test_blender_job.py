@@ -81,8 +81,8 @@ def test_end_to_end_job_import_and_main_thread_stall(scene, tmp_path):
         seen.append((scene.prd.iteration, scene.prd.total_iterations, scene.prd.progress))
         return r
 
-    # The 4-stage job on a loaded 2-core CI machine can take a while (the mesh step after Resume took 400 s once,
-    # on a machine whose visibility bake ran at a seventh of its usual speed): the limits guard against a hang.
+    # The 4-stage job on a loaded 2-core CI machine can take a while (on 2026-12-04 the mesh step after Resume took
+    # 400 s on an otherwise idle machine): the limits guard against a hang, not for speed.
     stalls = drive(poll, 900, until=lambda: scene.prd.stage == 5)
     props = scene.prd
     assert props.status == "RUNNING", props.message
