@@ -345,7 +345,8 @@ def light_grey_loss(light: EnvironmentLight) -> torch.Tensor:
 def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: EnvironmentLight, stage: int,
                  cfg: DistillConfig, orientation: AlbedoOrientation | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One iteration's loss (DESIGN.md §3 plus the project's terms) and the composited image it scored.
-    ``orientation``: the running state of the ``albedo_orientation_weight`` term (updated here)."""
+    ``orientation``: the running moments of the ``albedo_orientation_weight`` and ``light_orientation_weight``
+    terms, updated here (turn on one of the two: each adds the view's moments)."""
     img = composite(sh["blend"], maps["coverage"], bg)
     loss = image_loss(img, cam.image, cfg.ssim_weight)
     if cfg.normal_weight > 0:
