@@ -236,6 +236,7 @@ class JobState:
     mesh_fraction: float = 0.0  # 0..1 estimate of the mesh step (elapsed time / expected time)
     mesh_done: bool = False
     mesh_faces: int = 0
+    mesh_area_kept: float | None = None  # set when the mesh step could not keep the surface within its faces
 
     @property
     def finished(self) -> bool:
@@ -506,6 +507,8 @@ class TrainerJob:
         elif kind == "mesh":
             s.mesh_done = True
             s.mesh_faces = int(ev.get("faces") or 0)
+            dec = ev.get("decimation") or {}
+            s.mesh_area_kept = float(dec.get("area_kept", 0.0)) if dec.get("capped") else None
         return True
 
     def _finish(self, code: int) -> None:
@@ -560,6 +563,9 @@ class TrainerJob:
             s.status, s.mesh_fraction = "done", 1.0
             trained = f"{s.iteration} iterations, {s.gaussians} Gaussians, " if s.iteration else ""
             s.message = f"Done: {trained}mesh of {s.mesh_faces:,} faces"
+            if s.mesh_area_kept is not None:  # a noisy surface (too few iterations): say why it looks rough
+                s.message += (f" (a noisy surface: they keep {s.mesh_area_kept:.0%} of it; "
+                              "more iterations give a cleaner mesh)")
         elif self.cancel_requested_at:
             s.status = "cancelled"
             s.message = "Cancelled while building the mesh: the training result is kept; press Resume to build it"
