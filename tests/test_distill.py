@@ -281,11 +281,14 @@ def test_config_from_an_older_run_keeps_the_shading_it_was_trained_with():
 
     current = dataclasses.asdict(DistillConfig(stage2=7))
     assert DistillConfig.from_run(current) == DistillConfig(stage2=7)
-    old = {k: v for k, v in current.items() if k not in ("indirect", "specular_visibility", "physical_weight")}
+    added = ("indirect", "specular_visibility", "physical_weight", "light_orientation_weight")
+    old = {k: v for k, v in current.items() if k not in added}
     cfg = DistillConfig.from_run(old | {"gone": 1})
     assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.physical_weight == 0.0 and cfg.stage2 == 7
+    assert cfg.light_orientation_weight == 0.0
     new = DistillConfig()  # what a new run gets
     assert new.indirect > 0 and new.specular_visibility and new.physical_weight > 0
+    assert new.light_orientation_weight > 0
 
 
 def _low_progress_pixels(n: int = 4):
@@ -440,6 +443,33 @@ def test_light_orientation_lights_the_normals_whose_albedo_came_out_bright():
     assert trained_ratio(texture * torch.exp(0.4 * normal[..., 2:3]), 0.0) > 1.05
     assert abs(trained_ratio(texture, 0.0) - 1) < 0.005
     assert abs(trained_ratio(texture * torch.exp(0.4 * normal[..., 2:3]), 1.0) - 1) < 1e-4
+
+
+def test_light_orientation_term_is_on_by_default_where_the_light_is_learned_on_an_object():
+    """The default run pools the albedo's orientation moments from stage 3 on and adds the light's term; a known
+    light, a real scene (no mask) and stage 2 leave both alone."""
+    cam, maps, light, lut = _low_progress_pixels(8)  # 64 covered pixels: enough for the regression
+    normal = torch.randn(8, 8, 3, generator=torch.Generator().manual_seed(1))
+    maps["normal"] = normal / normal.norm(dim=-1, keepdim=True)
+    maps["albedo"] = (0.3 * torch.exp(0.4 * maps["normal"][..., 2:3])).expand(8, 8, 3)  # brighter facing +z
+    cfg = DistillConfig(normal_weight=0.0)
+    cases = ((3, {}, True), (4, {}, True), (2, {}, False), (3, {"real_scene": True}, False),
+             (3, {"known_light": "sky.exr"}, False), (3, {"light_orientation_weight": 0.0}, False))
+    for stage, change, counted in cases:
+        prior = AlbedoOrientation()
+        c = dataclasses.replace(cfg, **change)
+        sh = shade_maps(maps, light, lut, None, stage, c)
+        light.log_radiance.grad = None
+        loss, _ = distill_loss(maps, sh, cam, torch.zeros(3), light, stage, c, prior)
+        assert (prior.weight == 1.0) == counted, (stage, change)
+        if counted:  # the term reaches the light (the grey prior aside, compare without the term)
+            loss.backward()
+            with_term = light.log_radiance.grad.clone()
+            light.log_radiance.grad = None
+            off = dataclasses.replace(c, light_orientation_weight=0.0)
+            distill_loss(maps, shade_maps(maps, light, lut, None, stage, off), cam, torch.zeros(3), light, stage,
+                         off, AlbedoOrientation())[0].backward()
+            assert (with_term - light.log_radiance.grad).abs().max() > 0.01 * with_term.abs().max(), stage
 
 
 def test_light_learning_rate_after_stage_two():
