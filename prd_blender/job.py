@@ -564,7 +564,7 @@ class TrainerJob:
             trained = f"{s.iteration} iterations, {s.gaussians} Gaussians, " if s.iteration else ""
             s.message = f"Done: {trained}mesh of {s.mesh_faces:,} faces"
             if s.mesh_area_kept is not None:  # a noisy surface (too few iterations): say why it looks rough
-                s.message += (f" (a noisy surface: they keep {s.mesh_area_kept:.0%} of it; "
+                s.message += (f" (a noisy surface: {s.mesh_area_kept:.0%} of it kept at this size; "
                               "more iterations give a cleaner mesh)")
         elif self.cancel_requested_at:
             s.status = "cancelled"
