@@ -153,8 +153,9 @@ class DistillConfig:
     # This one pulls a learned light's diffuse irradiance at each pixel's normal by the pattern (light_orientation)
     # and the albedo follows the image. At 1: diffuse relighting +1.22 dB, albedo +0.88 dB, light correlation
     # 0.68 -> 0.93; but mixed, whose brass pins the light and whose true albedo has a pattern of its own, -1.71 dB.
-    # At 0.1: diffuse +1.16 dB, mixed -0.06 dB (noise), glossy +0.21 dB (relighting runs 16-17). Off with a known
-    # light, and for real scenes (unmeasured, and a floor is a texture that really goes with one orientation).
+    # At 0.1: diffuse +1.16 dB, glossy +0.21 dB, mixed -0.06 / -0.20 dB on two seeds (relighting runs 16-17).
+    # Off with a known light, and for real scenes (unmeasured, and a floor is a texture that really goes with one
+    # orientation).
     light_orientation_weight: float = 0.1
     # Relighting under a fixed map splits off its sun (shading.sun: brighter than this many times the map's
     # mean luminance) as a directional light with a ray-marched shadow; 0 keeps the whole map in the split
