@@ -78,10 +78,8 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
         m["roughness_mae"].append(mae(maps["roughness"][..., 0].numpy(), gt.roughness, mask))
         m["metallic_mae"].append(mae(maps["metallic"][..., 0].numpy(), gt.metallic, mask))
         m["progress_mean"].append(float(maps["progress"][..., 0].numpy()[mask].mean()))
-        with torch.no_grad():
-            orient.step(maps["albedo"], maps["normal"], maps["coverage"])
-            orient_gt.step(torch.from_numpy(gt.albedo), torch.from_numpy(gt.normal),
-                           torch.from_numpy(gt.mask)[..., None])
+        orient.update(maps["albedo"], maps["normal"], maps["coverage"])  # the moments alone: no loss to build
+        orient_gt.update(torch.from_numpy(gt.albedo), torch.from_numpy(gt.normal), torch.from_numpy(gt.mask)[..., None])
         for h, (sky, sun, whole) in relights.items():
             phy = shade_maps(maps, sky, lut, vis, 4, cfg, sun)["phy"].numpy()
             if h in no_sun and h in gt.relit_linear:
