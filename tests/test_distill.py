@@ -35,7 +35,7 @@ def configs(stage_iters: int = 8) -> tuple[Stage1Config, DistillConfig]:
     )
     d = DistillConfig(
         stage2=stage_iters, stage3=stage_iters, stage4=stage_iters, light_resolution=16, visibility_resolution=24,
-        propagate_every=5, propagate_hold=2, checkpoint_every=5, log_every=2,
+        propagate_every=5, propagate_hold=2, checkpoint_every=5, log_every=2, orient_every=4,
     )
     return s1, d
 
@@ -64,6 +64,8 @@ def test_four_stages_write_every_output(tmp_path):
     stages = {e["stage"] for e in log if e["event"] == "progress"}
     assert stages == {1, 2, 3, 4}
     assert any(e["event"] == "visibility" for e in log)
+    assert [e["iteration"] for e in log if e["event"] == "orient"] == [31 + 4 * k for k in range(6)]
+    assert model.oriented  # the PLY says the normals carry their voted sign
     ev = json.loads((out / "eval.json").read_text())
     assert 5 < ev["psnr"] < 60
 
@@ -281,14 +283,14 @@ def test_config_from_an_older_run_keeps_the_shading_it_was_trained_with():
 
     current = dataclasses.asdict(DistillConfig(stage2=7))
     assert DistillConfig.from_run(current) == DistillConfig(stage2=7)
-    added = ("indirect", "specular_visibility", "physical_weight", "light_orientation_weight")
+    added = ("indirect", "specular_visibility", "physical_weight", "light_orientation_weight", "orient_every")
     old = {k: v for k, v in current.items() if k not in added}
     cfg = DistillConfig.from_run(old | {"gone": 1})
     assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.physical_weight == 0.0 and cfg.stage2 == 7
-    assert cfg.light_orientation_weight == 0.0
+    assert cfg.light_orientation_weight == 0.0 and cfg.orient_every == 0
     new = DistillConfig()  # what a new run gets
     assert new.indirect > 0 and new.specular_visibility and new.physical_weight > 0
-    assert new.light_orientation_weight > 0
+    assert new.light_orientation_weight > 0 and new.orient_every > 0
 
 
 def _low_progress_pixels(n: int = 4):
