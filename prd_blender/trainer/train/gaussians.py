@@ -21,6 +21,15 @@ BACKFACE_COS = 0.3
 ORIENTED_COMMENT = "prd normals oriented"
 
 
+def shortest_axes(quats: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """Each Gaussian's shortest axis in world space, with the quaternion's own sign (N, 3)."""
+    from ..raster.projection import quat_to_rotmat
+
+    rot = quat_to_rotmat(quats)
+    idx = log_scales.argmin(dim=1)
+    return torch.gather(rot, 2, idx[:, None, None].expand(-1, 3, 1)).squeeze(-1)
+
+
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1 - x))
 
@@ -64,11 +73,7 @@ class Gaussians:
     def normals(self, cam_centre: torch.Tensor) -> torch.Tensor:
         """Each Gaussian's shortest axis (N, 3): flipped to face the camera, or, once oriented, with its
         voted sign unless it faces away by more than ``BACKFACE_COS``."""
-        from ..raster.projection import quat_to_rotmat
-
-        rot = quat_to_rotmat(self.quats)
-        idx = self.params["scales"].argmin(dim=1)
-        n = torch.gather(rot, 2, idx[:, None, None].expand(-1, 3, 1)).squeeze(-1)
+        n = shortest_axes(self.quats, self.params["scales"])
         to_cam = cam_centre - self.means
         facing = (to_cam * n).sum(-1, keepdim=True)
         limit = -BACKFACE_COS * to_cam.detach().norm(dim=-1, keepdim=True) if self.oriented else 0.0

@@ -16,22 +16,14 @@ from __future__ import annotations
 import torch
 
 from ..raster import rasterization
-from ..raster.projection import quat_to_rotmat
-from .gaussians import Gaussians
+from .gaussians import Gaussians, shortest_axes
 from .render import Camera
-
-
-def shortest_axes(quats: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
-    """Each Gaussian's shortest axis in world space, with the quaternion's own sign (N, 3)."""
-    rot = quat_to_rotmat(quats)
-    idx = log_scales.argmin(dim=1)
-    return torch.gather(rot, 2, idx[:, None, None].expand(-1, 3, 1)).squeeze(-1)
 
 
 def half_turn_about_longest(quats: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
     """The quaternions turned by 180° about each Gaussian's longest axis, in its own frame (q ⊗ (0, e_k)).
 
-    A signed permutation of the four components, so Adam's moments follow the same way (``permute_like``)."""
+    A signed permutation of the four components, so Adam's moments can be turned the same way."""
     w, x, y, z = quats.unbind(-1)
     k = log_scales.argmax(dim=1)
     about_x = torch.stack([-x, w, z, -y], -1)
