@@ -187,7 +187,8 @@ def test_metallic_prior_pulls_towards_dielectric(tmp_path):
     means = {}
     for weight in (0.0, 1.0):
         s1, d = configs(6)
-        d.metallic_weight = weight
+        # From a neutral 0.5, where the sigmoid is steepest, so six iterations show the pull clearly.
+        d.metallic_weight, d.metallic_stage3 = weight, 0.5
         run_train(SAMPLE, tmp_path / str(weight), resolution=32, config=s1, distill=d, quiet=True)
         means[weight] = Gaussians.load_ply(tmp_path / str(weight) / "point_cloud.ply").pbr("metallic").mean().item()
     assert means[1.0] < means[0.0] - 0.02, means
@@ -283,11 +284,12 @@ def test_config_from_an_older_run_keeps_the_shading_it_was_trained_with():
 
     current = dataclasses.asdict(DistillConfig(stage2=7))
     assert DistillConfig.from_run(current) == DistillConfig(stage2=7)
-    added = ("indirect", "specular_visibility", "physical_weight", "light_orientation_weight", "orient_every")
+    added = ("indirect", "specular_visibility", "physical_weight", "light_orientation_weight", "orient_every",
+             "metallic_stage3")
     old = {k: v for k, v in current.items() if k not in added}
     cfg = DistillConfig.from_run(old | {"gone": 1})
     assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.physical_weight == 0.0 and cfg.stage2 == 7
-    assert cfg.light_orientation_weight == 0.0 and cfg.orient_every == 0
+    assert cfg.light_orientation_weight == 0.0 and cfg.orient_every == 0 and cfg.metallic_stage3 is None
     new = DistillConfig()  # what a new run gets
     assert new.indirect > 0 and new.specular_visibility and new.physical_weight > 0
     assert new.light_orientation_weight > 0 and new.orient_every > 0
