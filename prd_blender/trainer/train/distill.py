@@ -71,7 +71,7 @@ class DistillConfig:
     mask_weight: float = 0.08
     # The light's grey prior. DESIGN.md §3 gives 0.003 against one image term; with ``physical_weight`` 1 PRD
     # scores the image twice (the blend and I_phy) from stage 3 on, so 0.006 keeps the published ratio. Measured
-    # (relighting run 23, 3 x 1000): relighting diffuse +0.05, glossy +0.24, mixed -0.18 / +0.05 dB (two seeds),
+    # (relighting run 23, 3 x 1000): relighting diffuse +0.05, glossy +0.24 / +0.17, mixed -0.18 / +0.05 dB (two seeds),
     # mean 26.57 -> 26.65; albedo mean +0.23 dB. The direct fit gains as much (glossy +0.23 dB): the prior was
     # too weak for both, and the ablation's gap is unchanged. Doubling the depth-normal and light-orientation
     # weights as well cost mixed 0.60 dB.
