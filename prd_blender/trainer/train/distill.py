@@ -153,8 +153,8 @@ class DistillConfig:
     # than the direct fit (relighting run 10: 11-13 % more error where progress < 0.8). At 1 (relighting run 11,
     # 3 x 1000, same data and stage 1): relighting glossy 23.08 -> 23.05, mixed 22.81 -> 23.75, diffuse
     # 25.60 -> 26.21 dB; albedo -0.4 / +2.3 / +0.6 dB; NVS +0.1 / +0.2 / 0.0 dB. With it, what the learned progress
-    # decides for relighting is small: held at 0.99 throughout, glossy relights 0.08 dB and mixed 0.02 dB worse, while
-    # the blend's novel views lose 0.4 dB (relighting run 24).
+    # decides for relighting is small: held at 0.99 throughout, glossy relights 0.08 dB worse and mixed -0.02 / +0.02 dB
+    # (two seeds), while the blend's novel views lose 0.4 dB (relighting run 24).
     physical_weight: float = 1.0
     # Whether that term's gradient reaches the light (False: only the blend, weighted by the progress, fits the
     # light, so what physics cannot explain does not leak into it). False measured worse on mixed: relighting
