@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Render the synthetic ground-truth relighting benchmark with Blender Cycles.
 
-Three objects with known materials (built in code: no .blend files, no downloads), each lit by one
-HDRI, rendered from many views; for the test views also the material passes (albedo, roughness,
+Four objects with known materials (built in code: no .blend files, no downloads), each lit by one
+HDRI, rendered from many views (``translucent`` is ``diffuse`` with subsurface scattering, light transport
+the trainer's shading model cannot represent); for the test views also the material passes (albedo, roughness,
 metallic from AOV outputs, world-space normal, mask) and the same views under other HDRIs::
 
     python scripts/make_relight_benchmark.py            # -> ~/.cache/prd_blender/relight_bench
@@ -47,11 +48,11 @@ from _bpy_scene import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_HDRI_DIR = REPO.parent / "shared" / "data" / "hdri"
 DEFAULT_OUT = Path("~/.cache/prd_blender/relight_bench").expanduser()
-OBJECTS = ("diffuse", "glossy", "mixed")
+OBJECTS = ("diffuse", "glossy", "mixed", "translucent")
 CAMERA_RADIUS = 4.0
 # Bounding-sphere fraction of the frame width, per object: the silhouettes then span ~61-66 % of the
 # frame (measured over test views); Suzanne's ears make its bounding sphere loose, hence the larger value.
-FILL_FRACTION = {"diffuse": 0.9, "glossy": 0.75, "mixed": 0.75}
+FILL_FRACTION = {"diffuse": 0.9, "glossy": 0.75, "mixed": 0.75, "translucent": 0.9}
 # Exposure trim per HDRI on top of the mean-luminance rule (see hdri_strength), measured on the three
 # objects: the sun HDRIs otherwise clip the sunlit diffuse surfaces (quarry: 4 % of object pixels at
 # trim 1) and large parts of the copper object (spruit: 13 %). Specular sun glints still clip; the
@@ -63,6 +64,11 @@ DIFFUSE_ROUGHNESS = 0.9
 GLOSSY_ROUGHNESS = 0.15
 GLOSSY_ALBEDO = (0.955, 0.638, 0.538)  # copper F0 (linear), as in the glTF/Filament tables
 MIXED_ROUGHNESS_LEVELS = (0.1, 0.3, 0.5, 0.7)
+# Subsurface mean free path per channel (radius x scale, in scene units; the object's bounding-box diagonal
+# is 2): red light travels 0.2, enough to glow through Suzanne's ears (about 0.1 thick) and to soften the
+# shading of the whole head; blue 0.02 keeps the texture's detail partly visible.
+TRANSLUCENT_RADIUS = (1.0, 0.35, 0.1)
+TRANSLUCENT_SCALE = 0.2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,9 +133,8 @@ def _mix(nt: Any, blend: str, fac: Any, a: Any, b: Any) -> Any:
     return node.outputs[2]  # Result (colour)
 
 
-def diffuse_material(bpy: ModuleType) -> tuple[Any, dict]:
-    """Rough dielectric with a detailed multi-colour albedo: noise-driven palette x checker x voronoi cracks."""
-    mat, nt, bsdf = _new_material(bpy, "BenchDiffuse")
+def _detailed_albedo(nt: Any) -> Any:
+    """The diffuse object's albedo: noise-driven palette x checker x voronoi cracks."""
     coord = nt.nodes.new("ShaderNodeTexCoord").outputs["Object"]
     noise = nt.nodes.new("ShaderNodeTexNoise")
     noise.inputs["Scale"].default_value = 3.0
@@ -158,14 +163,44 @@ def diffuse_material(bpy: ModuleType) -> tuple[Any, dict]:
     link(nt, coord, voronoi.inputs["Vector"])
     cracks = _ramp(nt, voronoi.outputs["Distance"], [(0.0, (0.15, 0.15, 0.15)), (0.06, (1.0, 1.0, 1.0))])
     albedo = _mix(nt, "MULTIPLY", 1.0, palette.outputs["Color"], checker.outputs["Color"])
-    albedo = _mix(nt, "MULTIPLY", 1.0, albedo, cracks.outputs["Color"])
-    _drive(nt, bsdf, albedo, _value(nt, DIFFUSE_ROUGHNESS), _value(nt, 0.0))
+    return _mix(nt, "MULTIPLY", 1.0, albedo, cracks.outputs["Color"])
+
+
+DETAILED_ALBEDO = (
+    "object-space noise -> 5-colour ramp (red/ochre/green/blue/off-white), x checker 1.0/0.6 "
+    "(scale 14), x dark voronoi cell borders; linear values 0.01-0.8"
+)
+
+
+def diffuse_material(bpy: ModuleType) -> tuple[Any, dict]:
+    """Rough dielectric with a detailed multi-colour albedo."""
+    mat, nt, bsdf = _new_material(bpy, "BenchDiffuse")
+    _drive(nt, bsdf, _detailed_albedo(nt), _value(nt, DIFFUSE_ROUGHNESS), _value(nt, 0.0))
+    desc = {"albedo": DETAILED_ALBEDO, "roughness": DIFFUSE_ROUGHNESS, "metallic": 0.0, "specular_ior_level": 0.5}
+    return mat, desc
+
+
+def translucent_material(bpy: ModuleType) -> tuple[Any, dict]:
+    """The diffuse object's material with subsurface scattering: light the shading model cannot represent.
+
+    Same albedo, roughness and metallic as ``diffuse`` (and the same geometry), so the two objects differ
+    only in the light transport: light enters the surface, scatters under it (random walk) and leaves
+    elsewhere, softening the shading, bleeding into shadows and glowing through the thin ears. The
+    distillation progress exists for pixels like these; the AOVs still give the surface's Base Color.
+    """
+    mat, nt, bsdf = _new_material(bpy, "BenchTranslucent")
+    _drive(nt, bsdf, _detailed_albedo(nt), _value(nt, DIFFUSE_ROUGHNESS), _value(nt, 0.0))
+    bsdf.subsurface_method = "RANDOM_WALK"
+    bsdf.inputs["Subsurface Weight"].default_value = 1.0
+    bsdf.inputs["Subsurface Radius"].default_value = TRANSLUCENT_RADIUS
+    bsdf.inputs["Subsurface Scale"].default_value = TRANSLUCENT_SCALE
     desc = {
-        "albedo": "object-space noise -> 5-colour ramp (red/ochre/green/blue/off-white), x checker 1.0/0.6 "
-        "(scale 14), x dark voronoi cell borders; linear values 0.01-0.8",
+        "albedo": DETAILED_ALBEDO,
         "roughness": DIFFUSE_ROUGHNESS,
         "metallic": 0.0,
         "specular_ior_level": 0.5,
+        "subsurface": {"method": "RANDOM_WALK", "weight": 1.0, "radius": list(TRANSLUCENT_RADIUS),
+                       "scale": TRANSLUCENT_SCALE},
     }
     return mat, desc
 
@@ -314,6 +349,7 @@ BUILDERS = {
     "diffuse": (build_diffuse, diffuse_material),
     "glossy": (build_glossy, glossy_material),
     "mixed": (build_mixed, mixed_material),
+    "translucent": (build_diffuse, translucent_material),
 }
 
 

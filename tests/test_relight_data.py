@@ -126,7 +126,7 @@ def _on(mask: np.ndarray) -> np.ndarray:
     return mask > 0.5
 
 
-@pytest.mark.parametrize("kind", ["diffuse", "glossy", "mixed"])
+@pytest.mark.parametrize("kind", ["diffuse", "glossy", "mixed", "translucent"])
 def test_quick_benchmark_loads(quick_bench: Path, kind: str) -> None:
     obj = load_relight_object(quick_bench / kind)
     assert obj.name == kind and obj.hdri == "pedestrian_overpass_1k"
@@ -152,7 +152,7 @@ def test_quick_benchmark_loads(quick_bench: Path, kind: str) -> None:
         np.testing.assert_allclose(np.linalg.norm(v.normal[on], axis=-1), 1.0, atol=1e-4)
         assert (v.albedo[on] >= 0).all() and (v.albedo[on] <= 1).all()
         # AOVs equal the material values (exactly where the material is constant).
-        if kind == "diffuse":
+        if kind in ("diffuse", "translucent"):
             np.testing.assert_allclose(v.roughness[on], 0.9, atol=1e-5)
             np.testing.assert_allclose(v.metallic[on], 0.0, atol=1e-6)
             assert v.albedo[on].std(axis=0).min() > 0.05  # textured
@@ -172,6 +172,28 @@ def test_quick_benchmark_loads(quick_bench: Path, kind: str) -> None:
             assert v.relit_linear[hdri].shape == (h, w, 4)
             # Even after the free per-channel scale the shading differs from the training lighting.
             assert scale_fit_psnr(relit[..., :3], v.image[..., :3], on) < 35.0, (kind, hdri)
+
+
+def test_translucent_differs_from_diffuse_only_in_its_light_transport(quick_bench: Path) -> None:
+    # Same geometry, cameras and material inputs, so every ground-truth pass is the diffuse object's (up to
+    # the passes' own sampling noise: the subsurface walks change the random sequence); the subsurface
+    # light changes the shaded image, and reddens it (red travels furthest under the surface).
+    diffuse, translucent = (load_relight_object(quick_bench / k) for k in ("diffuse", "translucent"))
+    material = json.loads((quick_bench / "translucent" / "meta.json").read_text())["material"]
+    assert material["subsurface"]["weight"] == 1.0
+    red = {"diffuse": [], "translucent": []}
+    for d, t in zip(diffuse.views, translucent.views, strict=True):
+        np.testing.assert_array_equal(d.mask, t.mask)
+        np.testing.assert_array_equal(d.roughness, t.roughness)
+        np.testing.assert_array_equal(d.metallic, t.metallic)
+        np.testing.assert_allclose(d.albedo, t.albedo, atol=1e-3)
+        np.testing.assert_allclose(d.normal, t.normal, atol=0.03)
+        on = _on(d.mask)
+        assert np.abs(d.linear[..., :3] - t.linear[..., :3])[on].mean() > 0.01
+        for k, v in (("diffuse", d), ("translucent", t)):
+            red[k].append(v.linear[..., :3][on].sum(axis=0))
+    share = {k: np.sum(v, axis=0)[0] / np.sum(v) for k, v in red.items()}
+    assert share["translucent"] > share["diffuse"] + 0.01, share  # 0.331 -> 0.353 at 32 px
 
 
 def test_shading_ceiling_against_cycles(quick_bench: Path) -> None:

@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     brl = bsub.add_parser("relight", help="PRD vs Cycles ground truth on the synthetic relighting objects")
     brl.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser(),
                      help="output of scripts/make_relight_benchmark.py")
-    brl.add_argument("--objects", default="diffuse,glossy,mixed")
+    brl.add_argument("--objects", default="diffuse,glossy,mixed",
+                     help="comma-separated; the issue's targets are on these three; also translucent (subsurface "
+                     "scattering, light the shading model cannot represent)")
     brl.add_argument("--variants", default="prd,direct,no_losses",
                      help="comma-separated: prd, direct, no_losses; empty (\"\") for the ceiling alone")
     brl.add_argument("--iterations", type=int, default=3000, help="stage-1 iterations")

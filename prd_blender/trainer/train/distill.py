@@ -154,7 +154,9 @@ class DistillConfig:
     # 3 x 1000, same data and stage 1): relighting glossy 23.08 -> 23.05, mixed 22.81 -> 23.75, diffuse
     # 25.60 -> 26.21 dB; albedo -0.4 / +2.3 / +0.6 dB; NVS +0.1 / +0.2 / 0.0 dB. With it, what the learned progress
     # decides for relighting is small: held at 0.99 throughout, glossy relights 0.08 dB worse and mixed -0.02 / +0.02 dB
-    # (two seeds), while the blend's novel views lose 0.4 dB (relighting run 24).
+    # (two seeds), while the blend's novel views lose 0.4 dB (relighting run 24). Mixed's lead over the direct fit
+    # is this term's doubling of the image from stage 3 on: the direct fit with its stage-3-4 regularisers halved
+    # relights mixed as PRD does (25.22 against 25.20 dB, relighting run 25).
     physical_weight: float = 1.0
     # Whether that term's gradient reaches the light (False: only the blend, weighted by the progress, fits the
     # light, so what physics cannot explain does not leak into it). False measured worse on mixed: relighting
