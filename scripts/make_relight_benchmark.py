@@ -65,8 +65,8 @@ GLOSSY_ROUGHNESS = 0.15
 GLOSSY_ALBEDO = (0.955, 0.638, 0.538)  # copper F0 (linear), as in the glTF/Filament tables
 MIXED_ROUGHNESS_LEVELS = (0.1, 0.3, 0.5, 0.7)
 # Subsurface mean free path per channel (radius x scale, in scene units; the object's bounding-box diagonal
-# is 2): red light travels 0.2, enough to glow through Suzanne's ears (about 0.1 thick) and to soften the
-# shading of the whole head; blue 0.02 keeps the texture's detail partly visible.
+# is 2): red light travels 0.2, enough to glow through Suzanne's ears when they are backlit (seen under
+# quarry's sun) and to soften the shading of the whole head; blue 0.02 keeps the texture's detail partly visible.
 TRANSLUCENT_RADIUS = (1.0, 0.35, 0.1)
 TRANSLUCENT_SCALE = 0.2
 
