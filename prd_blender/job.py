@@ -28,7 +28,6 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_PARENT = PACKAGE_DIR.parent
 
-# Quality presets: (stage-1 iterations, longer image side in pixels or None for full resolution).
 # quality -> (stage-1 iterations, longer image side or None for full size, iterations of each of stages 2-4)
 QUALITY_PRESETS: dict[str, tuple[int, int | None, int]] = {
     "PREVIEW": (2_000, 256, 300),

@@ -172,11 +172,17 @@ DETAILED_ALBEDO = (
 )
 
 
-def diffuse_material(bpy: ModuleType) -> tuple[Any, dict]:
-    """Rough dielectric with a detailed multi-colour albedo."""
-    mat, nt, bsdf = _new_material(bpy, "BenchDiffuse")
+def _diffuse_like(bpy: ModuleType, name: str) -> tuple[Any, Any, dict]:
+    """The rough dielectric with the detailed albedo; ``diffuse`` and ``translucent`` both start from it."""
+    mat, nt, bsdf = _new_material(bpy, name)
     _drive(nt, bsdf, _detailed_albedo(nt), _value(nt, DIFFUSE_ROUGHNESS), _value(nt, 0.0))
     desc = {"albedo": DETAILED_ALBEDO, "roughness": DIFFUSE_ROUGHNESS, "metallic": 0.0, "specular_ior_level": 0.5}
+    return mat, bsdf, desc
+
+
+def diffuse_material(bpy: ModuleType) -> tuple[Any, dict]:
+    """Rough dielectric with a detailed multi-colour albedo."""
+    mat, _, desc = _diffuse_like(bpy, "BenchDiffuse")
     return mat, desc
 
 
@@ -188,20 +194,13 @@ def translucent_material(bpy: ModuleType) -> tuple[Any, dict]:
     elsewhere, softening the shading, bleeding into shadows and glowing through the thin ears. The
     distillation progress exists for pixels like these; the AOVs still give the surface's Base Color.
     """
-    mat, nt, bsdf = _new_material(bpy, "BenchTranslucent")
-    _drive(nt, bsdf, _detailed_albedo(nt), _value(nt, DIFFUSE_ROUGHNESS), _value(nt, 0.0))
+    mat, bsdf, desc = _diffuse_like(bpy, "BenchTranslucent")
     bsdf.subsurface_method = "RANDOM_WALK"
     bsdf.inputs["Subsurface Weight"].default_value = 1.0
     bsdf.inputs["Subsurface Radius"].default_value = TRANSLUCENT_RADIUS
     bsdf.inputs["Subsurface Scale"].default_value = TRANSLUCENT_SCALE
-    desc = {
-        "albedo": DETAILED_ALBEDO,
-        "roughness": DIFFUSE_ROUGHNESS,
-        "metallic": 0.0,
-        "specular_ior_level": 0.5,
-        "subsurface": {"method": "RANDOM_WALK", "weight": 1.0, "radius": list(TRANSLUCENT_RADIUS),
-                       "scale": TRANSLUCENT_SCALE},
-    }
+    desc["subsurface"] = {"method": "RANDOM_WALK", "weight": 1.0, "radius": list(TRANSLUCENT_RADIUS),
+                          "scale": TRANSLUCENT_SCALE}
     return mat, desc
 
 
