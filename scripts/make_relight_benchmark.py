@@ -52,7 +52,8 @@ OBJECTS = ("diffuse", "glossy", "mixed", "translucent")
 CAMERA_RADIUS = 4.0
 # Bounding-sphere fraction of the frame width, per object: the silhouettes then span ~61-66 % of the
 # frame (measured over test views); Suzanne's ears make its bounding sphere loose, hence the larger value.
-FILL_FRACTION = {"diffuse": 0.9, "glossy": 0.75, "mixed": 0.75, "translucent": 0.9}
+FILL_FRACTION = {"diffuse": 0.9, "glossy": 0.75, "mixed": 0.75}
+FILL_FRACTION["translucent"] = FILL_FRACTION["diffuse"]  # the same Suzanne, so the same cameras
 # Exposure trim per HDRI on top of the mean-luminance rule (see hdri_strength), measured on the three
 # objects: the sun HDRIs otherwise clip the sunlit diffuse surfaces (quarry: 4 % of object pixels at
 # trim 1) and large parts of the copper object (spruit: 13 %). Specular sun glints still clip; the

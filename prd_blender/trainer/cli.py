@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--data", type=Path, default=Path("~/.cache/prd_blender/relight_bench").expanduser(),
                      help="output of scripts/make_relight_benchmark.py")
     brl.add_argument("--objects", default="diffuse,glossy,mixed",
-                     help="comma-separated; the issue's targets are on these three; also translucent (subsurface "
-                     "scattering, light the shading model cannot represent)")
+                     help="comma-separated; the targets and means in docs/benchmarks.md are over these three; also "
+                     "translucent (subsurface scattering, light the shading model cannot represent)")
     brl.add_argument("--variants", default="prd,direct,no_losses",
                      help="comma-separated: prd, direct, no_losses; empty (\"\") for the ceiling alone")
     brl.add_argument("--iterations", type=int, default=3000, help="stage-1 iterations")
