@@ -216,6 +216,28 @@ def test_bench_relight_seeds_parse(capsys):
         assert "seeds are distinct integers" in capsys.readouterr().err
 
 
+def test_bench_relight_refuses_missing_inputs_before_training(tmp_path):
+    """A wrong --hdri-dir or a missing object is reported before anything trains: the relit views are scored
+    only after each object's training, which would otherwise be thrown away."""
+    import json
+
+    from prd_blender.trainer.bench.relight import bench_relight, check_inputs
+
+    data, hdris, cache = tmp_path / "data", tmp_path / "hdri", tmp_path / "s1"
+    (data / "diffuse").mkdir(parents=True)
+    hdris.mkdir()
+    meta = {"hdri": {"name": "a", "file": "a.hdr"}, "relight_hdris": [{"name": "b", "file": "b.hdr"}]}
+    (data / "diffuse" / "meta.json").write_text(json.dumps(meta))
+    (hdris / "a.hdr").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"b\.hdr.*'diffuse'"):
+        bench_relight(data, ["diffuse"], ["prd"], 10, 10, hdris, None, stage1_cache=cache)
+    with pytest.raises(FileNotFoundError, match="'glossy'"):
+        check_inputs(data, ["glossy"], hdris)
+    assert not cache.exists()  # nothing was trained
+    (hdris / "b.hdr").write_bytes(b"")
+    check_inputs(data, ["diffuse"], hdris)
+
+
 def test_specular_visibility_flag_darkens_only_occluded_reflections():
     """shade_maps with ``specular_visibility``: a pixel whose reflection points into a blocked half of the
     sky loses specular light, one reflecting into the open sky keeps it; without it both are left alone."""
@@ -477,7 +499,8 @@ def test_light_orientation_term_is_on_by_default_where_the_light_is_learned_on_a
 
 
 def test_light_learning_rate_after_stage_two():
-    """``lr_light_stage34`` sets the light's rate once stage 2 is over; real scenes still freeze it in stage 4."""
+    """``lr_light_stage34`` sets the light's rate once stage 2 is over; real scenes still freeze it in stage 4,
+    and so does ``freeze_light_stage4``."""
     model = Gaussians.random_in_sphere(np.zeros(3), 1.0, 20)
     model.add_pbr(progress=0.5)
     cfg = DistillConfig(lr_light=0.01, lr_light_stage34=0.002)
@@ -489,6 +512,10 @@ def test_light_learning_rate_after_stage_two():
     assert rates == {(2, False): 0.01, (3, False): 0.002, (4, False): 0.002, (4, True): 0.0}
     _set_stage_lrs(opt, 3, DistillConfig(lr_light=0.03), held=False)  # unset: stages 3-4 follow lr_light
     assert opt["light"].param_groups[0]["lr"] == 0.03
+    frozen = dataclasses.replace(cfg, freeze_light_stage4=True)  # an object capture may hold it in stage 4 too
+    for stage, rate in ((2, 0.01), (3, 0.002), (4, 0.0)):
+        _set_stage_lrs(opt, stage, frozen, held=False)
+        assert opt["light"].param_groups[0]["lr"] == rate, stage
 
 
 def _sky(h: int = 16) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -107,6 +108,28 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
     return out
 
 
+def check_inputs(data: Path, objects: Sequence[str], hdri_dir: Path) -> None:
+    """Fail before any training if an object's folder, its meta.json or an HDRI it names is missing: the
+    maps are read after each object has trained (tens of minutes per object), so a wrong ``--hdri-dir``
+    (a relative default, read from the working directory) would otherwise throw the trained models away."""
+    missing = []
+    for name in objects:
+        meta_path = Path(data).expanduser() / name / "meta.json"
+        if not meta_path.is_file():
+            missing.append(f"{meta_path} (object {name!r}; render it with scripts/make_relight_benchmark.py)")
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"relight benchmark: cannot read {meta_path}: {e}") from e
+        infos = [meta.get("hdri") or {}, *meta.get("relight_hdris", [])]
+        missing += [f"{hdri_dir / i['file']} (object {name!r})" for i in infos
+                    if i.get("file") and not (hdri_dir / i["file"]).is_file()]
+    if missing:
+        raise FileNotFoundError("relight benchmark: missing before training: " + "; ".join(missing)
+                                + f" (--hdri-dir is {hdri_dir}, resolved from {Path.cwd()})")
+
+
 def bench_relight(
     data: Path, objects: list[str], variants: list[str], iterations: int, distill_iterations: int,
     hdri_dir: Path, json_path: Path | None, stage1_cache: Path | None = None, seeds: Sequence[int] = (0,),
@@ -138,6 +161,7 @@ def bench_relight(
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    check_inputs(data, objects, hdri_dir)
     n = distill_iterations
     base = DistillConfig(**{"stage2": n, "stage3": n, "stage4": n, **distill_overrides})  # --set may shorten a stage
     results: dict = {
@@ -206,6 +230,7 @@ def rescore_relight(data: Path, runs: Path, objects: list[str], hdri_dir: Path, 
     folders = sorted(p for p in runs.glob("*_seed*/*") if p.name in objects and (p / "run.json").is_file())
     if not folders:
         raise ValueError(f"no kept runs for {', '.join(objects)} under {runs} (expected <variant>_seed<seed>/<object>)")
+    check_inputs(data, sorted({p.name for p in folders}), hdri_dir)
     results: dict = {"runs": str(runs), "overrides": overrides, "objects": {}}
     rows = []
     for folder in folders:
