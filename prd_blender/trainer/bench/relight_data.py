@@ -139,7 +139,10 @@ def load_test_passes(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    return json.loads(_require(path, what).read_text())
+    try:
+        return json.loads(_require(path, what).read_text())
+    except ValueError as e:  # a corrupt file: say which one
+        raise ValueError(f"relight benchmark: cannot read {what} {path}: {e}") from e
 
 
 def load_relight_object(root: Path | str) -> RelightObject:
