@@ -258,12 +258,13 @@ class JobState:
 def train_command(python: str, capture: str | Path, out: str | Path, *, iterations: int | None = None,
                   resolution: int | None = None, device: str = "auto", resume: bool = False,
                   overwrite: bool = False, distill_iterations: int | None = None,
-                  light: tuple[str, float] | None = None) -> list[str]:
+                  light: tuple[str, float] | None = None, dielectric: bool = False) -> list[str]:
     """argv for ``python -m prd_blender.trainer train``; a resumed run keeps its capture, resolution, stages
     and light.
 
     ``distill_iterations``: iterations of each PRD stage 2-4; 0 trains the radiance field only.
-    ``light``: (HDRI path, rotation in degrees) of the capture's surroundings, a known light."""
+    ``light``: (HDRI path, rotation in degrees) of the capture's surroundings, a known light.
+    ``dielectric``: the object has no bare metal (the trainer's ``--dielectric`` prior)."""
     argv = [python, "-m", "prd_blender.trainer", "train", str(capture), "--out", str(out), "--device", device]
     if iterations:
         argv += ["--iterations", str(int(iterations))]
@@ -278,6 +279,8 @@ def train_command(python: str, capture: str | Path, out: str | Path, *, iteratio
             argv += ["--resolution", str(int(resolution))]
         if light and distill_iterations != 0:
             argv += ["--light", str(light[0]), "--light-rotation", f"{float(light[1]):g}"]
+        if dielectric and distill_iterations != 0:
+            argv.append("--dielectric")
         if overwrite:
             argv.append("--overwrite")
     return argv
@@ -320,7 +323,7 @@ class TrainerJob:
     cancel; turns the output of both processes into one JobState.
 
     ``mesh``: (quality, texture size) of the mesh step, or None for none. ``mesh_only``: skip training (the
-    run in ``out`` is complete) and build the mesh. ``light``: a known light, as for ``train_command``.
+    run in ``out`` is complete) and build the mesh. ``light``, ``dielectric``: as for ``train_command``.
     """
 
     def __init__(self, python: str, capture: str | Path, out: str | Path, *, iterations: int | None = None,
@@ -328,11 +331,12 @@ class TrainerJob:
                  overwrite: bool = False, log_dir: Path | None = None, distill_iterations: int | None = None,
                  mesh: tuple[str, int] | None = None, mesh_only: bool = False,
                  scene_render: list[str] | None = None, light: tuple[str, float] | None = None,
-                 blender: str | None = None):
+                 dielectric: bool = False, blender: str | None = None):
         self.python = python
         # Blender's executable for the mesh step's Cycles renders (None: the trainer looks for one itself)
         self.blender = blender
         self.light = light
+        self.dielectric = dielectric
         # argv of a first step that renders the scene's cameras into the capture folder (scene_render.py).
         self.scene_render = scene_render
         self.mesh = mesh
@@ -385,7 +389,7 @@ class TrainerJob:
         argv = train_command(python, self.capture, self.out, iterations=self.iterations,
                              resolution=self.resolution, device=self.device, resume=self.resume,
                              overwrite=self.overwrite, distill_iterations=self.distill_iterations,
-                             light=self.light)
+                             light=self.light, dielectric=self.dielectric)
         self.stop_path.unlink(missing_ok=True)
         env = trainer_env()
         env["PRD_STOP_FILE"] = str(self.stop_path)

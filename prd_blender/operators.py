@@ -167,7 +167,7 @@ def _start(op: bpy.types.Operator, context: bpy.types.Context, resume: bool) -> 
     job = jobmod.TrainerJob(python, capture, out, iterations=iterations, resolution=resolution,
                             device=props.device, resume=resume, overwrite=props.overwrite, log_dir=_log_dir(),
                             distill_iterations=distill_iterations, mesh=mesh, mesh_only=mesh_only,
-                            scene_render=scene_render, light=_known_light(props),
+                            scene_render=scene_render, light=_known_light(props), dielectric=props.dielectric,
                             blender=bpy.app.binary_path or None)
     try:
         job.start()

@@ -71,6 +71,7 @@ class PRD_PT_reconstruct(bpy.types.Panel):
         if props.use_known_light:
             col.prop(props, "known_light_path")
             col.prop(props, "known_light_rotation")
+        col.prop(props, "dielectric")
         col.prop(props, "build_mesh")
         if props.build_mesh and props.quality == "CUSTOM":
             col.prop(props, "mesh_quality")

@@ -99,6 +99,10 @@ class PRD_PG_job(bpy.types.PropertyGroup):
     known_light_rotation: FloatProperty(name="Rotation", subtype="ANGLE", default=0.0,
                                         description="Turn the capture HDRI about the world Z axis to line it "
                                                     "up with the capture")
+    dielectric: BoolProperty(
+        name="No Bare Metal", default=False,
+        description="The object has no bare metal (paint, plastic, wood, stone, ceramic, fabric): the trainer keeps "
+                    "metallic at 0, where one lighting cannot tell a rough metal from a matte surface")
     import_gaussians: BoolProperty(name="Gaussians Preview", default=True,
                                    description="Also import the Gaussians as a point preview object")
 

@@ -41,6 +41,7 @@ def reset_props(scene) -> None:
     scene.prd.device = "cpu"
     scene.prd.overwrite = False
     scene.prd.use_known_light, scene.prd.known_light_rotation = False, 0.0
+    scene.prd.dielectric = False
     scene.prd.status = "IDLE"
     # The mesh step and the automatic import add a minute per job: tests that want them turn them on.
     scene.prd.build_mesh = False

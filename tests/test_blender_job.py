@@ -369,6 +369,22 @@ def test_train_command_and_failure_messages(tmp_path):
     assert "killed" in j._failure_message(-9)
 
 
+def test_no_bare_metal_reaches_the_trainer(scene, tmp_path):
+    """The panel's No Bare Metal: the trainer runs with the dielectric prior and the run records it; without the
+    material stages, or on resume (the run keeps its own), nothing is passed."""
+    from prd_blender.trainer.train.distill import DIELECTRIC_PRIOR
+
+    out = tmp_path / "o"
+    scene.prd.dielectric = True
+    _start(scene, SAMPLE, out, iterations=10, distill=2)
+    drive(operators.poll_job, 180)
+    assert scene.prd.status == "DONE", scene.prd.message
+    assert json.loads((out / "run.json").read_text())["distill"]["metallic_weight"] == DIELECTRIC_PRIOR
+    assert "--dielectric" in jobmod.train_command("py", "c", "o", distill_iterations=5, dielectric=True)
+    assert "--dielectric" not in jobmod.train_command("py", "c", "o", distill_iterations=0, dielectric=True)
+    assert "--dielectric" not in jobmod.train_command("py", "c", "o", resume=True, dielectric=True)
+
+
 def test_known_lighting_is_checked_then_reaches_the_trainer(scene, tmp_path):
     """The panel's Known Lighting: a missing or non-HDR file is refused before anything starts; a real one
     reaches the trainer (turned as set) and the run records it; a resumed run keeps its own."""
