@@ -36,9 +36,10 @@ from .progress import Progress
 from .render import Camera, normal_consistency, render_pbr_maps
 from .stage1 import Cancelled, StopFlag
 
-# ``metallic_weight`` for objects known to have no bare metal (``prd train --dielectric``). Measured on the
-# diffuse benchmark object: metallic MAE 0.68 -> 0.01, relighting +0.9 dB, albedo +1.2 dB; on the mixed
-# object (half brass) it costs 2.1 dB, so it is not the default (docs/benchmarks.md, relighting run 4).
+# ``metallic_weight`` for objects known to have no bare metal (``prd train --dielectric``, the panel's No Bare
+# Metal). At run 23's defaults (relighting run 28, 3 x 1000): diffuse relighting +0.56 / +0.68 dB on two seeds, albedo
+# +1.5 dB, translucent +0.67 dB; roughness MAE +0.02-0.05 (the roughness takes up what the metal did). On the mixed
+# object (half brass) it cost 2.1 dB (run 4), so it is not the default.
 DIELECTRIC_PRIOR = 0.05
 
 
@@ -55,7 +56,9 @@ class DistillConfig:
     # Albedo's and roughness's rates from stage 3 on (None: lr_albedo / lr_roughness). Stage 2 must carry them
     # far from their saturated start; after it, Adam's per-parameter normalisation moves a Gaussian's logit at
     # the full rate on evidence however weak, and the material ends saturated per Gaussian (diffuse object,
-    # true roughness 0.9: opaque Gaussians' quartiles 0.29 / 0.97 / 1.00, a tenth under 0.02).
+    # true roughness 0.9: opaque Gaussians' quartiles 0.29 / 0.97 / 1.00, a tenth under 0.02). Slower rates do not
+    # help (relighting run 28, 3 x 1000): roughness 0.01 leaves stage 2's spread in place, and metallic 0.01 only
+    # keeps metals from climbing (diffuse +0.55, glossy -1.13, mixed -0.29 dB); 0.01 in stage 4 alone: mean -0.04 dB.
     lr_albedo_stage34: float | None = None
     lr_roughness_stage34: float | None = None
     lr_metallic_stage4: float | None = None  # metallic's rate in stage 4 (None: lr_metallic)
