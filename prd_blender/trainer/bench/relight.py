@@ -40,7 +40,7 @@ from ..train.stage1 import Stage1Config, camera_extent, train_stage1
 from .common import record, table
 from .light_score import light_irradiance_score
 from .relight_ceiling import shading_ceiling
-from .relight_data import _read_json, load_relight_object, mae, normal_angle_error_deg, scale_fit_psnr
+from .relight_data import load_relight_object, mae, normal_angle_error_deg, read_json, scale_fit_psnr
 from .relight_score import FITS, relight_psnr
 
 VARIANTS = {"prd": "PRD", "direct": "(a) no distillation", "no_losses": "(b) no progress/light losses"}
@@ -117,7 +117,7 @@ def check_inputs(data: Path, objects: Sequence[str], hdri_dir: Path) -> None:
         if not meta_path.is_file():
             missing.append(f"{meta_path} (object {name!r}; render it with scripts/make_relight_benchmark.py)")
             continue
-        meta = _read_json(meta_path, "meta.json")
+        meta = read_json(meta_path, "meta.json")
         infos = [meta.get("hdri") or {}, *meta.get("relight_hdris", [])]
         missing += [f"{hdri_dir / i['file']} (object {name!r})" for i in infos
                     if i.get("file") and not (hdri_dir / i["file"]).is_file()]

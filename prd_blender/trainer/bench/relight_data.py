@@ -138,7 +138,8 @@ def load_test_passes(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str) -> dict:
+    """A benchmark JSON file; a missing or corrupt one raises an error that names it (``what``: for the user)."""
     try:
         return json.loads(_require(path, what).read_text())
     except ValueError as e:  # a corrupt file: say which one
@@ -150,10 +151,10 @@ def load_relight_object(root: Path | str) -> RelightObject:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"relight benchmark: object folder not found: {root}")
-    meta = _read_json(root / "meta.json", "meta.json")
+    meta = read_json(root / "meta.json", "meta.json")
     train_tf = _require(root / "transforms_train.json", "train cameras")
     test_tf = root / "transforms_test.json"
-    test = _read_json(test_tf, "test cameras")
+    test = read_json(test_tf, "test cameras")
     relight = [h["name"] for h in meta.get("relight_hdris", [])]
     for h in relight:
         if not (root / "test_relight" / h).is_dir():

@@ -449,16 +449,17 @@ def _optimizers(model: Gaussians, light: EnvironmentLight, cfg: DistillConfig, e
 
 def _set_stage_lrs(opt: dict, stage: int, cfg: DistillConfig, held: bool) -> None:
     """Which parameters learn in which stage (DESIGN.md §3)."""
+    # Each (stage-2 rate, rate from stage 3 on; None: the same) pair.
+    for name, base, late in (("albedo", cfg.lr_albedo, cfg.lr_albedo_stage34),
+                             ("roughness", cfg.lr_roughness, cfg.lr_roughness_stage34),
+                             ("light", cfg.lr_light, cfg.lr_light_stage34)):
+        opt[name].param_groups[0]["lr"] = base if stage == 2 or late is None else late
+    if stage == 4 and (cfg.real_scene or cfg.freeze_light_stage4):
+        opt["light"].param_groups[0]["lr"] = 0.0
     late_metal = cfg.lr_metallic if cfg.lr_metallic_stage4 is None else cfg.lr_metallic_stage4
     opt["metallic"].param_groups[0]["lr"] = {2: 0.0, 4: late_metal}.get(stage, cfg.lr_metallic)
-    for name, base, late in (("albedo", cfg.lr_albedo, cfg.lr_albedo_stage34),
-                             ("roughness", cfg.lr_roughness, cfg.lr_roughness_stage34)):
-        opt[name].param_groups[0]["lr"] = base if stage == 2 or late is None else late
     progress_lr = {2: cfg.lr_progress_stage2, 4: cfg.lr_progress_stage4}.get(stage, cfg.lr_progress)
     opt["progress"].param_groups[0]["lr"] = 0.0 if cfg.variant == "direct" else progress_lr
-    light_lr = cfg.lr_light if stage == 2 or cfg.lr_light_stage34 is None else cfg.lr_light_stage34
-    frozen = stage == 4 and (cfg.real_scene or cfg.freeze_light_stage4)
-    opt["light"].param_groups[0]["lr"] = 0.0 if frozen else light_lr
     opt["opacities"].param_groups[0]["lr"] = 0.0 if held else cfg.lr_opacities
 
 
