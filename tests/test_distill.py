@@ -20,7 +20,7 @@ from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
 from prd_blender.trainer.train.densify import DensifyStrategy
 from prd_blender.trainer.train.distill import DistillConfig, _optimizers, _set_stage_lrs, distill_loss, shade_maps
 from prd_blender.trainer.train.gaussians import Gaussians
-from prd_blender.trainer.train.losses import AlbedoOrientation, albedo_smoothness
+from prd_blender.trainer.train.losses import AlbedoOrientation, edge_aware_smoothness
 from prd_blender.trainer.train.stage1 import Stage1Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -387,14 +387,39 @@ def test_albedo_smoothness_spares_edges_the_photo_shows():
     cover = torch.ones(n, n, 1)
     flat_photo = torch.full((n, n, 3), 0.4)
     edge_photo = 0.2 + step
-    assert albedo_smoothness(torch.full((n, n, 3), 0.3), cover, edge_photo).item() == 0.0
-    on_edge = albedo_smoothness(step, cover, edge_photo).item()
-    off_edge = albedo_smoothness(step, cover, flat_photo).item()
+    assert edge_aware_smoothness(torch.full((n, n, 3), 0.3), cover, edge_photo).item() == 0.0
+    on_edge = edge_aware_smoothness(step, cover, edge_photo).item()
+    off_edge = edge_aware_smoothness(step, cover, flat_photo).item()
     assert 0 < on_edge < 0.05 * off_edge
     assert off_edge == pytest.approx(n * 1.5 / (n * n))  # one column of jumps of 0.5 in three channels
     half = cover.clone()
     half[:, n // 2:] = 0  # the step's bright side has no surface: no neighbour pair crosses it
-    assert albedo_smoothness(step, half, flat_photo).item() == 0.0
+    assert edge_aware_smoothness(step, half, flat_photo).item() == 0.0
+
+
+def test_material_smoothness_evens_a_noisy_roughness_and_metallic():
+    """``material_smooth_weight``: a checkered roughness and metallic under a flat photo are pulled towards
+    each other (descent lowers the high squares, raises the low ones); stage 2 leaves the metallic alone, as it
+    does not learn it, and weight 0 adds nothing."""
+    cam, maps, light, lut = _low_progress_pixels(8)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 == 0
+    base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0, light_orientation_weight=0.0)
+    for stage in (2, 3):
+        grads = {}
+        for w in (0.0, 0.05):
+            for name in ("roughness", "metallic"):
+                maps[name] = torch.where(checker, 0.9, 0.1)[..., None].clone().requires_grad_(True)
+            (loss, _), _ = _loss(maps, cam, light, lut, stage, dataclasses.replace(base, material_smooth_weight=w))
+            loss.backward()
+            # stage 2 shades everything as metal: its metallic map may take no gradient at all
+            grads[w] = {name: torch.zeros(8, 8) if maps[name].grad is None else maps[name].grad[..., 0]
+                        for name in ("roughness", "metallic")}
+        for name in ("roughness", "metallic"):
+            extra = grads[0.05][name] - grads[0.0][name]
+            if stage == 2 and name == "metallic":
+                assert extra.abs().max() == 0
+                continue
+            assert (extra[checker] > 0).all() and (extra[~checker] < 0).all(), (stage, name)
 
 
 def _sphere_normals(n: int) -> tuple[torch.Tensor, torch.Tensor]:

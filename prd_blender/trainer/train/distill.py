@@ -30,7 +30,7 @@ from ..shading.sun import Sun, split_sun, sun_radiance, sun_sh
 from ..shading.visibility import VisibilityGrid, bake_visibility
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gaussians import Gaussians
-from .losses import AlbedoOrientation, albedo_smoothness, image_loss, psnr
+from .losses import AlbedoOrientation, edge_aware_smoothness, image_loss, psnr
 from .normal_sign import orient_normals
 from .progress import Progress
 from .render import Camera, normal_consistency, render_pbr_maps
@@ -179,10 +179,16 @@ class DistillConfig:
     # light, so what physics cannot explain does not leak into it). False measured worse on mixed: relighting
     # 23.14 dB against 23.75, albedo 16.23 against 18.20 dB (relighting run 11).
     physical_light: bool = True
-    # Edge-aware albedo smoothness (train.losses.albedo_smoothness) from stage 3 on; 0 turns it off. Meant to
+    # Edge-aware albedo smoothness (train.losses.edge_aware_smoothness) from stage 3 on; 0 turns it off. Meant to
     # pin the light on diffuse objects, whose per-Gaussian albedo absorbs any smooth error in the light; at 0.02
     # the light's irradiance grew more contrasty instead and diffuse relit 0.59 dB worse (relighting run 12).
     albedo_smooth_weight: float = 0.0
+    # Edge-aware smoothness of the roughness (from stage 2 on) and metallic (from stage 3 on) maps; 0: off. Adam
+    # moves each Gaussian's material logit at about the full rate on evidence however weak, so a material the
+    # images barely constrain ends saturated per Gaussian (relighting run 28), and the albedo takes up the noise.
+    material_smooth_weight: float = 0.0
+    # The first stage with that term (2 or later; the metallic's never before 3).
+    material_smooth_stage: int = 2
     # The part of the log-albedo that a degree-1/2 function of the normal explains, pooled over views
     # (train.losses.AlbedoOrientation), is what a wrong learned light leaves in a diffuse surface's albedo: a
     # third of the diffuse benchmark object's albedo error (relighting run 16). Two terms from stage 3 on, 0: off.
@@ -408,7 +414,11 @@ def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: Env
         if not cfg.known_light:  # a known light's colour is the map's, not a prior's
             loss = loss + cfg.light_weight * light_grey_loss(light)
     if stage >= 3 and cfg.albedo_smooth_weight > 0:
-        loss = loss + cfg.albedo_smooth_weight * albedo_smoothness(maps["albedo"], maps["coverage"], cam.image)
+        loss = loss + cfg.albedo_smooth_weight * edge_aware_smoothness(maps["albedo"], maps["coverage"], cam.image)
+    if cfg.material_smooth_weight > 0 and stage >= cfg.material_smooth_stage:
+        channels = ("roughness", "metallic") if stage >= 3 else ("roughness",)  # stage 2's metallic is fixed
+        for name in channels:
+            loss = loss + cfg.material_smooth_weight * edge_aware_smoothness(maps[name], maps["coverage"], cam.image)
     if stage >= 3 and cfg.albedo_orientation_weight > 0 and orientation is not None:
         loss = loss + cfg.albedo_orientation_weight * orientation.step(maps["albedo"], maps["normal"],
                                                                        maps["coverage"])

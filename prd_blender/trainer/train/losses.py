@@ -44,19 +44,19 @@ def image_loss(img: torch.Tensor, ref: torch.Tensor, ssim_weight: float = 0.2) -
     return (1 - ssim_weight) * (img - ref).abs().mean() + ssim_weight * (1 - ssim(img, ref))
 
 
-def albedo_smoothness(albedo: torch.Tensor, coverage: torch.Tensor, image: torch.Tensor,
-                      sharpness: float = 10.0) -> torch.Tensor:
-    """Edge-aware total variation of a splatted albedo map (H, W, 3) over covered pixels.
+def edge_aware_smoothness(values: torch.Tensor, coverage: torch.Tensor, image: torch.Tensor,
+                          sharpness: float = 10.0) -> torch.Tensor:
+    """Edge-aware total variation of a splatted material map (H, W, C) over covered pixels.
 
-    Each neighbour difference is weighted by exp(-sharpness * |image difference|): albedo may change where
+    Each neighbour difference is weighted by exp(-sharpness * |image difference|): a material may change where
     the photo does (texture edges), not across smooth shading, which is the light's and the normals' to
-    explain. Without it, diffuse albedo and light trade off freely (intrinsic-image ambiguity).
+    explain. For the albedo: without it, diffuse albedo and light trade off freely (intrinsic-image ambiguity).
     """
     inside = (coverage[..., 0] > 0.5).float()
     terms, count = [], inside.sum().clamp_min(1.0)
     for dim in (0, 1):
-        n = albedo.shape[dim] - 1
-        da = (albedo.narrow(dim, 1, n) - albedo.narrow(dim, 0, n)).abs().sum(-1)
+        n = values.shape[dim] - 1
+        da = (values.narrow(dim, 1, n) - values.narrow(dim, 0, n)).abs().sum(-1)
         di = (image.narrow(dim, 1, n) - image.narrow(dim, 0, n)).abs().mean(-1)
         both = inside.narrow(dim, 1, n) * inside.narrow(dim, 0, n)
         terms.append((da * torch.exp(-sharpness * di) * both).sum())
