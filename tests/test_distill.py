@@ -307,14 +307,15 @@ def test_config_from_an_older_run_keeps_the_shading_it_was_trained_with():
     current = dataclasses.asdict(DistillConfig(stage2=7))
     assert DistillConfig.from_run(current) == DistillConfig(stage2=7)
     added = ("indirect", "specular_visibility", "physical_weight", "light_orientation_weight", "orient_every",
-             "metallic_stage3")
+             "metallic_stage3", "material_smooth_weight")
     old = {k: v for k, v in current.items() if k not in added}
     cfg = DistillConfig.from_run(old | {"gone": 1})
     assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.physical_weight == 0.0 and cfg.stage2 == 7
     assert cfg.light_orientation_weight == 0.0 and cfg.orient_every == 0 and cfg.metallic_stage3 is None
+    assert cfg.material_smooth_weight == 0.0
     new = DistillConfig()  # what a new run gets
     assert new.indirect > 0 and new.specular_visibility and new.physical_weight > 0
-    assert new.light_orientation_weight > 0 and new.orient_every > 0
+    assert new.light_orientation_weight > 0 and new.orient_every > 0 and new.material_smooth_weight > 0
 
 
 def _low_progress_pixels(n: int = 4):
@@ -400,10 +401,11 @@ def test_albedo_smoothness_spares_edges_the_photo_shows():
 def test_material_smoothness_evens_a_noisy_roughness_and_metallic():
     """``material_smooth_weight``: a checkered roughness and metallic under a flat photo are pulled towards
     each other (descent lowers the high squares, raises the low ones); stage 2 leaves the metallic alone, as it
-    does not learn it, and weight 0 adds nothing."""
+    does not learn it, and weight 0 adds nothing. By default (``material_smooth_stage`` 3) stage 2 has no term."""
     cam, maps, light, lut = _low_progress_pixels(8)
     checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 == 0
-    base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0, light_orientation_weight=0.0)
+    base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0, light_orientation_weight=0.0,
+                         material_smooth_stage=2)
     for stage in (2, 3):
         grads = {}
         for w in (0.0, 0.05):
@@ -420,6 +422,9 @@ def test_material_smoothness_evens_a_noisy_roughness_and_metallic():
                 assert extra.abs().max() == 0
                 continue
             assert (extra[checker] > 0).all() and (extra[~checker] < 0).all(), (stage, name)
+    default = dataclasses.replace(base, material_smooth_stage=DistillConfig().material_smooth_stage)
+    assert torch.equal(_loss(maps, cam, light, lut, 2, default)[0][0],
+                       _loss(maps, cam, light, lut, 2, dataclasses.replace(default, material_smooth_weight=0.0))[0][0])
 
 
 def _sphere_normals(n: int) -> tuple[torch.Tensor, torch.Tensor]:
