@@ -379,7 +379,7 @@ def test_physical_term_can_leave_the_light_to_the_blend():
     assert grads["on"][0].abs().sum() > 10 * grads["off"][0].abs().sum()  # which is much less than with it
 
 
-def test_albedo_smoothness_spares_edges_the_photo_shows():
+def test_edge_aware_smoothness_spares_edges_the_photo_shows():
     """An albedo step costs less where the photo has the same edge than where the photo is flat; a flat
     albedo costs nothing, and pixels without surface are not counted."""
     n = 8
