@@ -423,8 +423,9 @@ def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: Env
         loss = loss + cfg.albedo_smooth_weight * edge_aware_smoothness(maps["albedo"], maps["coverage"], cam.image)
     if cfg.material_smooth_weight > 0 and stage >= cfg.material_smooth_stage:
         channels = ("roughness", "metallic") if stage >= 3 else ("roughness",)  # stage 2's metallic is fixed
-        for name in channels:
-            loss = loss + cfg.material_smooth_weight * edge_aware_smoothness(maps[name], maps["coverage"], cam.image)
+        # One call for both maps: the term sums over channels, and the image's edge weights are computed once.
+        values = torch.cat([maps[name] for name in channels], -1)
+        loss = loss + cfg.material_smooth_weight * edge_aware_smoothness(values, maps["coverage"], cam.image)
     if stage >= 3 and cfg.albedo_orientation_weight > 0 and orientation is not None:
         loss = loss + cfg.albedo_orientation_weight * orientation.step(maps["albedo"], maps["normal"],
                                                                        maps["coverage"])
