@@ -192,7 +192,8 @@ class DistillConfig:
     # 29, 3 x 1000, seeds 0 / 1): diffuse relighting +1.11 / +1.21 dB, albedo +1.5 dB, roughness MAE 0.16 -> 0.07,
     # metallic MAE 0.27 -> 0.11; glossy +0.20 / +0.24 dB; mixed 0.00 / -0.11 dB (albedo +0.2 dB, roughness MAE
     # 0.186 -> 0.164); relighting mean 26.65 -> 27.08 / 26.60 -> 27.05 dB. From stage 2 it also holds the roughness
-    # at its start of 0.99 wherever the descent is not uniform: mixed -2.73 dB at 0.01.
+    # at its start of 0.99 wherever the descent is not uniform: mixed -2.73 dB at 0.01. At 0.03 from stage 3 (run 30,
+    # one seed): diffuse +0.32, glossy +0.35, mixed -0.52 dB (its metal smeared into the dielectric squares).
     material_smooth_weight: float = 0.01
     material_smooth_stage: int = 3
     # The part of the log-albedo that a degree-1/2 function of the normal explains, pooled over views
