@@ -39,15 +39,16 @@ def evaluate_views(
 def evaluate_distilled(model, light, vis, views: list[View], cfg, backend: str, background) -> dict:
     """Mean PSNR / SSIM of the final PRD blend on ``views`` (novel views use the blend, DESIGN.md §3)."""
     from .shading.brdf_lut import get_brdf_lut
-    from .train.distill import composite, shade_maps, trained_environment
+    from .train.distill import bounce_source, composite, shade_maps, trained_environment
     from .train.render import render_pbr_maps
 
     bg = torch.tensor(background, dtype=torch.float32)
     lut = get_brdf_lut()
     sky, sun = trained_environment(light, cfg)
+    source = bounce_source(model, cfg)
 
     def render(cam: Camera) -> torch.Tensor:
         maps = render_pbr_maps(model, cam, cfg.sh_degree, backend)
-        return composite(shade_maps(maps, sky, lut, vis, 4, cfg, sun)["blend"], maps["coverage"], bg)
+        return composite(shade_maps(maps, sky, lut, vis, 4, cfg, sun, source)["blend"], maps["coverage"], bg)
 
     return _mean_metrics(views, render)

@@ -13,7 +13,7 @@ from .results import write_png
 from .shading.brdf_lut import get_brdf_lut
 from .shading.envmap import EnvironmentLight, rotated_environment
 from .shading.hdr_io import read_image
-from .train.distill import relight_environment, shade_maps
+from .train.distill import bounce_source, relight_environment, shade_maps
 from .train.render import Camera, render_pbr_maps
 
 
@@ -52,11 +52,12 @@ def run_relight(
     dest = dest or out / "relight" / Path(hdri).stem
     dest.mkdir(parents=True, exist_ok=True)
     lut = get_brdf_lut()
+    source = bounce_source(model, cfg)
     paths = []
     for rec in chosen:
         cam = camera_from_record(rec)
         maps = render_pbr_maps(model, cam, cfg.sh_degree, backend)
-        img = shade_maps(maps, light, lut, vis, 4, cfg, sun)["phy_display"]
+        img = shade_maps(maps, light, lut, vis, 4, cfg, sun, source)["phy_display"]
         path = dest / f"{Path(rec['name']).stem}.png"
         write_png(path, img.numpy(), maps["coverage"][..., 0].numpy())
         paths.append(path)

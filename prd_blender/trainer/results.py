@@ -13,7 +13,7 @@ from .shading.envmap import EnvironmentLight
 from .shading.hdr_io import write_exr
 from .shading.shade import linear_to_srgb
 from .shading.visibility import VisibilityGrid
-from .train.distill import DistillConfig, composite, shade_maps, trained_environment
+from .train.distill import DistillConfig, bounce_source, composite, shade_maps, trained_environment
 from .train.gaussians import Gaussians
 from .train.render import Camera, render_pbr_maps
 
@@ -43,10 +43,11 @@ def write_view_maps(
     bg = torch.tensor(background, dtype=torch.float32)
     records = []
     sky, sun = trained_environment(light, cfg)
+    source = bounce_source(model, cfg)
     for v in views:
         cam = Camera.from_view(v)
         maps = render_pbr_maps(model, cam, cfg.sh_degree, backend)
-        sh = shade_maps(maps, sky, lut, vis, 4, cfg, sun)
+        sh = shade_maps(maps, sky, lut, vis, 4, cfg, sun, source)
         cov = maps["coverage"][..., 0].numpy()
         stem = Path(v.name).stem
         files = {}

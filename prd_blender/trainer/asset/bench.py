@@ -198,11 +198,12 @@ def gaussian_relight(run: Path, obj, test_views, lights: list[dict],
     from ..shading.brdf_lut import get_brdf_lut
     from ..shading.envmap import EnvironmentLight
     from ..shading.hdr_io import read_image
-    from ..train.distill import relight_environment, shade_maps
+    from ..train.distill import bounce_source, relight_environment, shade_maps
     from ..train.render import Camera, render_pbr_maps
 
     cfg, model, _, vis = load_distilled(run)
     lut = get_brdf_lut()
+    source = bounce_source(model, cfg)
     envs = {x["name"]: relight_environment(EnvironmentLight(cfg.light_resolution, init=read_image(Path(x["file"]))
                                                             * x["strength"]), cfg) for x in lights}
     out: dict[str, dict[str, list[float]]] = {fit: {x["name"]: [] for x in lights} for fit in FITS}
@@ -211,7 +212,7 @@ def gaussian_relight(run: Path, obj, test_views, lights: list[dict],
         maps = render_pbr_maps(model, Camera.from_view(view), cfg.sh_degree, "cpu")
         mask = gt.mask > 0.5
         for name, (light, sun) in envs.items():
-            phy = shade_maps(maps, light, lut, vis, 4, cfg, sun)["phy"].numpy()
+            phy = shade_maps(maps, light, lut, vis, 4, cfg, sun, source)["phy"].numpy()
             lin, disp = _ground_truth(gt, name, obj)
             for fit in FITS:
                 out[fit][name].append(relight_psnr(phy, lin, disp, mask, fit))

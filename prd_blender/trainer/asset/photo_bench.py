@@ -71,16 +71,17 @@ def _gaussian_renders(run: Path, views: list, backend: str) -> dict[str, list[tu
     already in display space: it is returned inverse-tone-mapped so that it scores like the rest)."""
     from ..pipeline import load_distilled
     from ..shading.brdf_lut import get_brdf_lut
-    from ..train.distill import inverse_tonemap, shade_maps, trained_environment
+    from ..train.distill import bounce_source, inverse_tonemap, shade_maps, trained_environment
     from ..train.render import Camera, render_pbr_maps
 
     cfg, model, light, vis = load_distilled(run)
     lut = get_brdf_lut()
     sky, sun = trained_environment(light, cfg)
+    source = bounce_source(model, cfg)
     out: dict[str, list[tuple]] = {"phy": [], "blend": []}
     for v in views:
         maps = render_pbr_maps(model, Camera.from_view(v), cfg.sh_degree, backend)
-        sh = shade_maps(maps, sky, lut, vis, 4, cfg, sun)
+        sh = shade_maps(maps, sky, lut, vis, 4, cfg, sun, source)
         cov = maps["coverage"][..., 0].numpy()
         out["phy"].append((sh["phy"].numpy(), cov))
         out["blend"].append((inverse_tonemap(sh["blend"].clamp(0, 1), cfg.tonemap).numpy(), cov))

@@ -25,6 +25,7 @@ from ..shading.hdr_io import read_image
 from ..shading.shade import linear_to_srgb
 from ..train.distill import (
     DistillConfig,
+    bounce_source,
     composite,
     relight_environment,
     shade_maps,
@@ -61,6 +62,7 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
          "roughness_mae": [], "metallic_mae": [], "progress_mean": []}
     per_hdri: dict[str, list[float]] = {h: [] for h in relights}
     sky_t, sun_t = trained_environment(light, cfg)
+    source = bounce_source(model, cfg)
     # How much of the log-albedo a function of the normal explains, pooled over the test views: a wrong learned
     # light leaves such a pattern in a diffuse albedo (train.losses.AlbedoOrientation); the truth's is chance.
     orient, orient_gt = AlbedoOrientation(decay=1.0), AlbedoOrientation(decay=1.0)
@@ -69,7 +71,7 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
     for view, gt in zip(test_views, obj.views, strict=True):
         cam = Camera.from_view(view)
         maps = render_pbr_maps(model, cam, cfg.sh_degree, "cpu")
-        sh = shade_maps(maps, sky_t, lut, vis, 4, cfg, sun_t)
+        sh = shade_maps(maps, sky_t, lut, vis, 4, cfg, sun_t, source)
         img = composite(sh["blend"], maps["coverage"], bg).clamp(0, 1)
         m["nvs_psnr"].append(psnr_t(img, cam.image))
         mask = gt.mask > 0.5
@@ -81,9 +83,9 @@ def evaluate_object(model, light, vis, cfg: DistillConfig, obj, test_views, hdri
         orient.update(maps["albedo"], maps["normal"], maps["coverage"])  # the moments alone: no loss to build
         orient_gt.update(torch.from_numpy(gt.albedo), torch.from_numpy(gt.normal), torch.from_numpy(gt.mask)[..., None])
         for h, (sky, sun, whole) in relights.items():
-            phy = shade_maps(maps, sky, lut, vis, 4, cfg, sun)["phy"].numpy()
+            phy = shade_maps(maps, sky, lut, vis, 4, cfg, sun, source)["phy"].numpy()
             if h in no_sun and h in gt.relit_linear:
-                plain = shade_maps(maps, whole, lut, vis, 4, cfg)["phy"].numpy()
+                plain = shade_maps(maps, whole, lut, vis, 4, cfg, source=source)["phy"].numpy()
                 no_sun[h].append(relight_psnr(plain, gt.relit_linear[h], gt.relit[h], mask, "display"))
             if h in gt.relit_linear:
                 # the light/albedo scale is ambiguous: relight_score fits it in display space

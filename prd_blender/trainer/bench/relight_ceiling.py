@@ -5,6 +5,7 @@ visibility grid is baked from the true mesh (each triangle as a flat, opaque Gau
 from rasterising that mesh. What is left between this and Cycles is what split-sum specular, SH-order-2
 visibility and the approximate one-bounce indirect term cannot represent (hard sun shadows, the true
 inter-reflection, grazing lobes): no training can beat it, so it is reported next to the trained variants.
+With ``reflection_trace`` the traced reflections hit the mesh's triangles, their material read from the passes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..raster import rasterization
 from ..shading.brdf_lut import get_brdf_lut
 from ..shading.envmap import EnvironmentLight
 from ..shading.hdr_io import read_image
+from ..shading.reflection import BounceSource
 from ..shading.visibility import bake_visibility
 from ..train.distill import DistillConfig, relight_environment, shade_maps
 from ..train.render import Camera, pixel_rays
@@ -49,6 +51,36 @@ def mesh_as_gaussians(vertices: np.ndarray, faces: np.ndarray) -> tuple[torch.Te
     return f32((a + b + c) / 3), f32(quats), f32(scales), torch.full((len(faces),), 0.99)
 
 
+def mesh_bounce_source(vertices: np.ndarray, faces: np.ndarray, means: torch.Tensor, quats: torch.Tensor,
+                       scales: torch.Tensor, opac: torch.Tensor, obj: RelightObject,
+                       test_views: list[View]) -> BounceSource:
+    """What a traced reflection hits on the true mesh (``reflection_trace``): each triangle's material read from
+    Cycles' passes at its centre in the test views that see it (mean over them), the mean of those seen elsewhere."""
+    a, b, c = (torch.from_numpy(vertices[faces[:, k]].astype(np.float32)) for k in range(3))
+    normals = F.normalize(torch.cross(b - a, c - a, dim=-1), dim=-1)
+    acc, count = torch.zeros(len(faces), 5), torch.zeros(len(faces))
+    for view, gt in zip(test_views, obj.views, strict=True):
+        cam = Camera.from_view(view)
+        h, w = gt.mask.shape
+        depth = rasterization(means, quats, scales, opac, torch.zeros(len(means), 1), cam.viewmat, cam.K, w, h,
+                              backend="cpu").depth
+        p_cam = means @ cam.viewmat[:3, :3].T + cam.viewmat[:3, 3]
+        uvw = p_cam @ cam.K.T
+        u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
+        seen = (p_cam[:, 2] > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        ui, vi = u.long().clamp(0, w - 1), v.long().clamp(0, h - 1)
+        # visible: the rendered depth at the centre's pixel is the centre's own (2 %: a pixel spans a triangle)
+        seen &= ((depth[vi, ui] - p_cam[:, 2]).abs() < 0.02 * p_cam[:, 2]) & (torch.from_numpy(gt.mask)[vi, ui] > 0.5)
+        vals = torch.cat([torch.from_numpy(gt.albedo)[vi, ui], torch.from_numpy(gt.roughness)[vi, ui, None],
+                          torch.from_numpy(gt.metallic)[vi, ui, None]], 1)
+        acc[seen] += vals[seen]
+        count[seen] += 1
+    seen = count > 0
+    acc[seen] /= count[seen, None]
+    acc[~seen] = acc[seen].mean(0) if bool(seen.any()) else 0.5
+    return BounceSource(means, normals, acc[:, :3].contiguous(), acc[:, 3:4].contiguous(), acc[:, 4:5].contiguous())
+
+
 @torch.no_grad()
 def shading_ceiling(obj: RelightObject, test_views: list[View], hdri_dir: Path, cfg: DistillConfig) -> dict:
     """PSNR of ground-truth-driven I_phy against Cycles under the training HDRI and each relighting HDRI,
@@ -62,6 +94,8 @@ def shading_ceiling(obj: RelightObject, test_views: list[View], hdri_dir: Path, 
     pad = 0.05 * float((hi - lo).max())
     vis = bake_visibility(means, scales, quats, opac, resolution=cfg.visibility_resolution, bounds=(lo - pad, hi + pad))
     lut = get_brdf_lut()
+    source = mesh_bounce_source(verts, faces, means, quats, scales, opac, obj, test_views) if cfg.reflection_trace \
+        else None
     infos = [obj.meta["hdri"], *obj.meta["relight_hdris"]]
     lights = {i["name"]: relight_environment(EnvironmentLight(cfg.light_resolution, init=read_image(
         hdri_dir / i["file"]) * float(i.get("strength", 1.0))), cfg) for i in infos}
@@ -81,7 +115,7 @@ def shading_ceiling(obj: RelightObject, test_views: list[View], hdri_dir: Path, 
         }
         mask = gt.mask > 0.5
         for name, (light, sun) in lights.items():
-            phy = shade_maps(maps, light, lut, vis, 4, cfg, sun)["phy"].numpy()
+            phy = shade_maps(maps, light, lut, vis, 4, cfg, sun, source)["phy"].numpy()
             if name == obj.hdri:
                 lin, disp = gt.linear, gt.image
             else:

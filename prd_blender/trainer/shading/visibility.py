@@ -42,8 +42,9 @@ def fibonacci_directions(n: int) -> np.ndarray:
 
 
 @njit(cache=True)
-def _splat(density, origin, h, means, cov_inv, radius, mass):
-    """Adds every Gaussian's mass, spread over its cells and renormalised, to ``density`` (per volume)."""
+def _splat(density, owner, best, origin, h, means, cov_inv, radius, mass):
+    """Adds every Gaussian's mass, spread over its cells and renormalised, to ``density`` (per volume); each
+    cell's ``owner`` is the Gaussian that put the most mass in it (``best``), for reflection tracing."""
     nx, ny, nz = density.shape
     cell_vol = h * h * h
     for g in range(means.shape[0]):
@@ -78,6 +79,9 @@ def _splat(density, origin, h, means, cov_inv, radius, mass):
                             total += w
                         else:
                             density[i, j, k] += w * scale
+                            if w * scale > best[i, j, k]:
+                                best[i, j, k] = w * scale
+                                owner[i, j, k] = g
 
 
 @njit(inline="always")
@@ -198,6 +202,9 @@ class VisibilityGrid:
     # The extinction density the SH was marched through (per cell length), kept for ray-marched shadows of a
     # directional light (``transmittance``); None in grids saved before it was kept.
     density: np.ndarray | None = None
+    # Per cell, the index of the Gaussian that put the most mass in it (-1: none), so that a ray marched through
+    # the density knows which Gaussian it hit (``shading.reflection``); None in grids saved before it was kept.
+    owner: np.ndarray | None = None
 
     @property
     def resolution(self) -> tuple[int, int, int]:
@@ -247,6 +254,8 @@ class VisibilityGrid:
 
     def save(self, path: str) -> None:
         extra = {} if self.density is None else {"density": self.density.astype(np.float32)}
+        if self.owner is not None:
+            extra["owner"] = self.owner.astype(np.int32)
         np.savez_compressed(path, origin=self.origin, cell=self.cell, index=self.index, coeffs=self.coeffs,
                             order=self.order, **extra)
 
@@ -254,7 +263,8 @@ class VisibilityGrid:
     def load(cls, path: str) -> VisibilityGrid:
         z = np.load(path)
         density = z["density"] if "density" in z.files else None
-        return cls(z["origin"], float(z["cell"]), z["index"], z["coeffs"], int(z["order"]), density)
+        owner = z["owner"] if "owner" in z.files else None
+        return cls(z["origin"], float(z["cell"]), z["index"], z["coeffs"], int(z["order"]), density, owner)
 
 
 def bake_visibility(
@@ -305,7 +315,8 @@ def bake_visibility(
     mass = tau * 2 * math.pi * s_sorted[:, 2] * s_sorted[:, 1]
 
     density = np.zeros((resolution,) * 3, np.float64)
-    _splat(density, origin, h, mu, cov_inv, radius, mass)
+    owner = np.full((resolution,) * 3, -1, np.int32)
+    _splat(density, owner, np.zeros_like(density), origin, h, mu, cov_inv, radius, mass)
     density *= h  # extinction per cell length: the marcher works in cell units
 
     occupied = density > occupancy_tau
@@ -318,4 +329,4 @@ def bake_visibility(
     ybasis = sh_basis(torch.from_numpy(dirs), order).numpy().astype(np.float64)
     coeffs = _march(density.astype(np.float32), cells, dirs, ybasis, float(start_offset), float(step), 1e-3)
     return VisibilityGrid(origin.astype(np.float64), float(h), index, coeffs.astype(np.float32), order,
-                          density.astype(np.float32))
+                          density.astype(np.float32), owner)
