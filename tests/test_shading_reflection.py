@@ -17,7 +17,7 @@ from prd_blender.trainer.train.distill import DistillConfig, shade_maps
 GREY = 0.5  # the uniform environment's radiance
 
 
-def _wall_and_floor() -> tuple[VisibilityGrid, BounceSource]:
+def _wall_and_floor(owners: bool = True) -> tuple[VisibilityGrid, BounceSource]:
     """Two opaque walls of flat Gaussians: A (red, Lambertian) in the plane x = 1, B (white) in the plane
     y = 1, each over [-1, 1] in its other two axes. Gaussians 0..N-1 are A's, N..2N-1 are B's."""
     s = torch.linspace(-1, 1, 33)
@@ -31,7 +31,7 @@ def _wall_and_floor() -> tuple[VisibilityGrid, BounceSource]:
                         torch.tensor([0.06, 0.002, 0.06]).expand(len(g1), 3)])
     quats = torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(len(means), 4)
     grid = bake_visibility(means, scales, quats, torch.full((len(means),), 0.99), resolution=48,
-                           bounds=(np.full(3, -1.5), np.full(3, 1.5)))
+                           bounds=(np.full(3, -1.5), np.full(3, 1.5)), owners=owners)
     n = len(g1)
     axes = torch.cat([torch.tensor([1.0, 0.0, 0.0]).expand(n, 3), torch.tensor([0.0, 1.0, 0.0]).expand(n, 3)])
     albedo = torch.cat([torch.tensor([0.8, 0.05, 0.05]).expand(n, 3), torch.full((n, 3), 0.8)])
@@ -120,6 +120,9 @@ def test_the_grid_keeps_its_owners_on_disk(tmp_path) -> None:
     grid.save(str(tmp_path / "vis.npz"))
     back = VisibilityGrid.load(str(tmp_path / "vis.npz"))
     assert back.owner is not None and np.array_equal(back.owner, grid.owner)
+    # kept only when asked (the grid costs as much as the density), with the same density either way
+    plain, _ = _wall_and_floor(owners=False)
+    assert plain.owner is None and np.array_equal(plain.density, grid.density)
     # a grid saved before owners were kept still loads, and its traces hit nothing by name
     old = VisibilityGrid(grid.origin, grid.cell, grid.index, grid.coeffs, grid.order, grid.density)
     trans, gauss = trace_reflections(old, torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]))

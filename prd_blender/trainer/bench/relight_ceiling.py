@@ -92,7 +92,8 @@ def shading_ceiling(obj: RelightObject, test_views: list[View], hdri_dir: Path, 
     means, quats, scales, opac = mesh_as_gaussians(verts, faces)
     lo, hi = verts.min(0), verts.max(0)
     pad = 0.05 * float((hi - lo).max())
-    vis = bake_visibility(means, scales, quats, opac, resolution=cfg.visibility_resolution, bounds=(lo - pad, hi + pad))
+    vis = bake_visibility(means, scales, quats, opac, resolution=cfg.visibility_resolution, bounds=(lo - pad, hi + pad),
+                          owners=cfg.reflection_trace)
     lut = get_brdf_lut()
     source = mesh_bounce_source(verts, faces, means, quats, scales, opac, obj, test_views) if cfg.reflection_trace \
         else None

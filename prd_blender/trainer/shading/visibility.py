@@ -42,9 +42,9 @@ def fibonacci_directions(n: int) -> np.ndarray:
 
 
 @njit(cache=True)
-def _splat(density, owner, best, origin, h, means, cov_inv, radius, mass):
-    """Adds every Gaussian's mass, spread over its cells and renormalised, to ``density`` (per volume); each
-    cell's ``owner`` is the Gaussian that put the most mass in it (``best``), for reflection tracing."""
+def _splat(density, owner, best, track, origin, h, means, cov_inv, radius, mass):
+    """Adds every Gaussian's mass, spread over its cells and renormalised, to ``density`` (per volume); with
+    ``track``, each cell's ``owner`` is the Gaussian that put the most mass in it (``best``), for reflection tracing."""
     nx, ny, nz = density.shape
     cell_vol = h * h * h
     for g in range(means.shape[0]):
@@ -79,7 +79,7 @@ def _splat(density, owner, best, origin, h, means, cov_inv, radius, mass):
                             total += w
                         else:
                             density[i, j, k] += w * scale
-                            if w * scale > best[i, j, k]:
+                            if track and w * scale > best[i, j, k]:
                                 best[i, j, k] = w * scale
                                 owner[i, j, k] = g
 
@@ -203,7 +203,7 @@ class VisibilityGrid:
     # directional light (``transmittance``); None in grids saved before it was kept.
     density: np.ndarray | None = None
     # Per cell, the index of the Gaussian that put the most mass in it (-1: none), so that a ray marched through
-    # the density knows which Gaussian it hit (``shading.reflection``); None in grids saved before it was kept.
+    # the density knows which Gaussian it hit (``shading.reflection``); None unless baked with ``owners``.
     owner: np.ndarray | None = None
 
     @property
@@ -280,12 +280,14 @@ def bake_visibility(
     step: float = 0.8,
     occupancy_tau: float = 0.05,
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    owners: bool = False,
 ) -> VisibilityGrid:
     """Bakes visibility SH from activated Gaussian parameters: means (N, 3), scales (N, 3) (not log),
     quats (N, 4) w-first (normalised here), opacities (N,) or (N, 1) in [0, 1].
 
     The grid is a cube of ``resolution``^3 cells around ``bounds`` (min, max corners; default: the
-    means' bounding box plus 5 %). ``start_offset`` and ``step`` are in cells."""
+    means' bounding box plus 5 %). ``start_offset`` and ``step`` are in cells. ``owners``: also keep each cell's
+    owner (``VisibilityGrid.owner``), which reflection tracing needs."""
     mu = _to_np(means)
     s = _to_np(scales)
     q = _to_np(quats)
@@ -315,8 +317,9 @@ def bake_visibility(
     mass = tau * 2 * math.pi * s_sorted[:, 2] * s_sorted[:, 1]
 
     density = np.zeros((resolution,) * 3, np.float64)
-    owner = np.full((resolution,) * 3, -1, np.int32)
-    _splat(density, owner, np.zeros_like(density), origin, h, mu, cov_inv, radius, mass)
+    shape = (resolution,) * 3 if owners else (1, 1, 1)  # the owner grid costs as much as the density
+    owner = np.full(shape, -1, np.int32)
+    _splat(density, owner, np.zeros(shape), owners, origin, h, mu, cov_inv, radius, mass)
     density *= h  # extinction per cell length: the marcher works in cell units
 
     occupied = density > occupancy_tau
@@ -329,4 +332,4 @@ def bake_visibility(
     ybasis = sh_basis(torch.from_numpy(dirs), order).numpy().astype(np.float64)
     coeffs = _march(density.astype(np.float32), cells, dirs, ybasis, float(start_offset), float(step), 1e-3)
     return VisibilityGrid(origin.astype(np.float64), float(h), index, coeffs.astype(np.float32), order,
-                          density.astype(np.float32), owner)
+                          density.astype(np.float32), owner if owners else None)

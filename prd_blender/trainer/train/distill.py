@@ -659,7 +659,7 @@ def train_distill(
                     vis = bake_visibility(
                         model.means.detach(), model.scales.detach(), model.quats.detach(),
                         model.opacities.detach(), resolution=cfg.visibility_resolution,
-                        bounds=_surface_bounds(model),
+                        bounds=_surface_bounds(model), owners=cfg.reflection_trace,
                     )
                 progress.emit("visibility", stage=3, iteration=offset + it, seconds=round(time.time() - t0, 1),
                               resolution=cfg.visibility_resolution)
