@@ -3,13 +3,14 @@
 The split sum reads the environment along the reflected direction as if nothing were in the way; the SH
 visibility (``specular_occlusion``) and the assumed blocker of ``indirect`` put back a blurred, diffuse stand-in
 for what the object shows of itself there. A smooth metal mirrors the object: the ball in the bowl, the sphere
-in the torus. Cycles without inter-reflection is 20-21 dB (pooled over the test views) from Cycles with it on the
+in the torus. Cycles without inter-reflection is 18-21 dB (pooled over the test views) from Cycles with it on the
 glossy and on the mixed benchmark objects (docs/benchmarks.md, relighting run 31): the largest part of what those
 objects' shading ceiling lacks.
 
 For each shaded pixel a ray is marched from just off the surface along the reflected direction through the
 grid's extinction density. It returns the transmittance T to the sky and the first cell where its opacity passes
-one half. The grid remembers, per cell, the Gaussian that put the most mass in it (``VisibilityGrid.owner``), so
+one half. The grid remembers, per cell, the Gaussian that put the most mass in it (``VisibilityGrid.owner``, baked
+with ``owners=True``), so
 the hit is a Gaussian of the model and is shaded with its current material and normal under the same light:
 gradients reach the hit's material and the light, and the term relights. The hit is shaded once (its diffuse
 under the light's SH and its own SH visibility, its specular from the mip chain, the sun if there is one), with
