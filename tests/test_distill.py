@@ -91,6 +91,35 @@ def test_stage_to_stage_resume_is_exact(tmp_path, orientation):
     assert np.array_equal(read_exr(tmp_path / "a" / "environment.exr"), read_exr(tmp_path / "b" / "environment.exr"))
 
 
+def test_a_traced_run_keeps_its_owners_resumes_exactly_and_relights(tmp_path):
+    # reflection_trace: the grid's owners travel through the stage-3 checkpoint and into visibility.npz, and
+    # prd relight traces with them. reflection_roughness 1 traces every pixel (the material starts rough).
+    from prd_blender.trainer.relight import run_relight
+    from prd_blender.trainer.shading.visibility import VisibilityGrid
+
+    def traced() -> tuple[Stage1Config, DistillConfig]:
+        s1, d = configs()
+        return s1, dataclasses.replace(d, reflection_trace=True, reflection_roughness=1.0)
+
+    s1, d = traced()
+    run_train(SAMPLE, tmp_path / "a", resolution=32, hold_out_every=8, config=s1, distill=d, quiet=True)
+    s1b, db = traced()
+    m = run_train(SAMPLE, tmp_path / "b", resolution=32, hold_out_every=8, config=s1b, distill=db, stop_at=41,
+                  quiet=True)
+    assert m["status"] == "paused"
+    run_train(SAMPLE, tmp_path / "b", resume=True, quiet=True)
+    a = Gaussians.load_ply(tmp_path / "a" / "point_cloud.ply")
+    b = Gaussians.load_ply(tmp_path / "b" / "point_cloud.ply")
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k]), k
+    grid = VisibilityGrid.load(str(tmp_path / "a" / "visibility.npz"))
+    assert grid.owner is not None and int(grid.owner.max()) < len(a) and (grid.owner >= 0).any()
+    hdri = tmp_path / "sky.exr"
+    write_exr(hdri, np.full((16, 32, 3), 0.5, np.float32))
+    (png, *_) = run_relight(tmp_path / "a", hdri, dest=tmp_path / "relit")
+    assert np.asarray(Image.open(png))[..., 3].max() > 0
+
+
 def test_a_specular_only_distillation_is_a_complete_run(tmp_path):
     # Stages 3-4 set to no iterations: no visibility grid is ever baked. The run still completes, lists no
     # grid, and relights and re-evaluates without one (shading then assumes an open sky).
