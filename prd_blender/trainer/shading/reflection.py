@@ -10,11 +10,10 @@ objects' shading ceiling lacks.
 For each shaded pixel a ray is marched from just off the surface along the reflected direction through the
 grid's extinction density. It returns the transmittance T to the sky and the first cell where its opacity passes
 one half. The grid remembers, per cell, the Gaussian that put the most mass in it (``VisibilityGrid.owner``, baked
-with ``owners=True``), so
-the hit is a Gaussian of the model and is shaded with its current material and normal under the same light:
-gradients reach the hit's material and the light, and the term relights. The hit is shaded once (its diffuse
-under the light's SH and its own SH visibility, its specular from the mip chain, the sun if there is one), with
-no further bounce.
+with ``owners=True``), so the hit is a Gaussian of the model and is shaded with its current material and normal
+under the same light: gradients reach the hit's material and the light, and the term relights. The hit is
+shaded once (its diffuse under the light's SH and its own SH visibility, its specular from the mip chain, the sun
+if there is one), with no further bounce.
 
 Measured (run 31): on the true mesh it raises glossy's relighting ceiling by 1.0 dB; on trained Gaussians it does
 not pay yet (their surface is fuzzy and their normals smoothed across creases), so ``DistillConfig.reflection_trace``
