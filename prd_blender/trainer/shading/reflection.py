@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from .brdf_lut import BrdfLut
-from .diffuse import diffuse_irradiance
 from .envmap import EnvironmentLight
+from .shade import shade
 from .sun import Sun, sun_radiance
 from .visibility import VisibilityGrid, _trilinear
 
@@ -107,23 +107,17 @@ def trace_reflections(vis: VisibilityGrid, points: torch.Tensor, dirs: torch.Ten
 
 
 def hit_radiance(source: BounceSource, gauss: torch.Tensor, dirs: torch.Tensor, light: EnvironmentLight,
-                 levels: list[torch.Tensor], l_sh: torch.Tensor, lut: BrdfLut, vis: VisibilityGrid,
-                 visibility_offset: float, sun: Sun | None = None) -> torch.Tensor:
+                 levels: list[torch.Tensor], lut: BrdfLut, vis: VisibilityGrid, visibility_offset: float,
+                 sun: Sun | None = None) -> torch.Tensor:
     """Radiance (P, 3) that the hit Gaussians ``gauss`` (P,) (all >= 0) send back along the rays ``dirs`` (P, 3):
-    the hit shaded once under the light (mip chain ``levels``, SH ``l_sh``), with its normal turned to face the
-    ray's origin."""
+    the hit shaded once (``shade.shade``, mip chain ``levels``, its own SH visibility) with its normal turned to
+    face the ray's origin, plus the sun if given."""
     axis = source.axes[gauss]
     v = -F.normalize(dirs, dim=-1)
     n = axis * torch.where((axis * v).sum(-1, keepdim=True) < 0, -1.0, 1.0)
     albedo, rough, metal = source.albedo[gauss], source.roughness[gauss], source.metallic[gauss]
-    n_dot_v = (n * v).sum(-1, keepdim=True).clamp(1e-4, 1)
-    refl = 2 * n_dot_v * n - v
-    f0 = 0.04 * (1 - metal) + albedo * metal
-    scale, bias = lut.lookup(n_dot_v, rough)
-    spec = light.specular(refl, rough.reshape(-1), levels) * (f0 * scale + bias)
     start = source.means[gauss].detach() + n.detach() * (visibility_offset * vis.cell)
-    irr = diffuse_irradiance(n, vis.query(start), l_sh)
-    out = (1 - metal) * albedo / math.pi * irr + spec
+    out = shade(albedo, rough, metal, n, v, vis.query(start), light, lut, levels)["phy"]
     if sun is not None:
         out = out + sun_radiance(albedo, rough, metal, n, v, sun, vis.transmittance(start, sun.direction))
     return out

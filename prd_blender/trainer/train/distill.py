@@ -379,15 +379,14 @@ def _physical(maps: dict, light: EnvironmentLight, levels: list[torch.Tensor], l
             occ = occ.reshape(*shape[:-1], 1)
             bounce = rho * indirect_radiance(refl.reshape(-1, 3), l_bounce).reshape(shape) if cfg.indirect > 0 else 0.0
             if cfg.reflection_trace and source is not None:
-                occ, bounce = _traced(maps, refl, rough, occ, bounce, source, light, levels, l_sh, lut, vis, cfg, sun)
+                occ, bounce = _traced(maps, refl, rough, occ, bounce, source, light, levels, lut, vis, cfg, sun)
             spec = spec * occ + (1 - occ) * bounce * (f0 * scale + bias)
     return (1 - metal) * albedo / math.pi * irr + spec + sun_rad
 
 
 def _traced(maps: dict, refl: torch.Tensor, rough: torch.Tensor, occ: torch.Tensor, bounce: torch.Tensor | float,
-            source: BounceSource, light: EnvironmentLight, levels: list[torch.Tensor], l_sh: torch.Tensor,
-            lut: BrdfLut, vis: VisibilityGrid, cfg: DistillConfig,
-            sun: Sun | None) -> tuple[torch.Tensor, torch.Tensor]:
+            source: BounceSource, light: EnvironmentLight, levels: list[torch.Tensor], lut: BrdfLut,
+            vis: VisibilityGrid, cfg: DistillConfig, sun: Sun | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The specular occlusion and what the blocked part reflects, with the mirror ray traced
     (``reflection_trace``) where the surface is smooth: (occ, bounce), each (H, W, 1 / 3)."""
     shape = refl.shape
@@ -405,7 +404,7 @@ def _traced(maps: dict, refl: torch.Tensor, rough: torch.Tensor, occ: torch.Tens
     hit = gauss >= 0
     l_hit = bounce.reshape(-1, 3)[sel]
     if bool(hit.any()):
-        rad = hit_radiance(source, gauss[hit], dirs[hit], light, levels, l_sh, lut, vis, cfg.visibility_offset, sun)
+        rad = hit_radiance(source, gauss[hit], dirs[hit], light, levels, lut, vis, cfg.visibility_offset, sun)
         l_hit = l_hit.index_put((hit.nonzero()[:, 0],), rad)
     ws = w.reshape(-1, 1)[sel]
     occ_sel = ws * trans[:, None] + (1 - ws) * occ.reshape(-1, 1)[sel]
