@@ -20,7 +20,7 @@ from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
 from prd_blender.trainer.train.densify import DensifyStrategy
 from prd_blender.trainer.train.distill import DistillConfig, _optimizers, _set_stage_lrs, distill_loss, shade_maps
 from prd_blender.trainer.train.gaussians import Gaussians
-from prd_blender.trainer.train.losses import AlbedoOrientation, edge_aware_smoothness
+from prd_blender.trainer.train.losses import AlbedoOrientation, edge_aware_smoothness, flatten_loss
 from prd_blender.trainer.train.stage1 import Stage1Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,6 +223,31 @@ def test_metallic_prior_pulls_towards_dielectric(tmp_path):
     assert means[1.0] < means[0.0] - 0.02, means
 
 
+def test_flatten_loss_thins_the_shortest_axis_only():
+    """Scale-free (the same for a Gaussian ten times larger), zero gradient on the middle and longest axes,
+    and a positive one on the shortest: descent thins a Gaussian without widening it."""
+    log_scales = torch.tensor([[0.0, -1.0, 0.5], [2.0, 1.0, 0.0]], requires_grad=True)
+    loss = flatten_loss(log_scales)
+    assert loss.item() == pytest.approx(math.exp(-1.0))  # each shortest axis is e^-1 of its middle one
+    assert flatten_loss(log_scales.detach() + math.log(10)).item() == pytest.approx(loss.item())
+    loss.backward()
+    g = log_scales.grad
+    assert g[0, 1] > 0 and g[1, 2] > 0
+    assert g[0, 0] == 0 and g[0, 2] == 0 and g[1, 0] == 0 and g[1, 1] == 0
+
+
+def test_flatten_weight_thins_the_gaussians_in_training(tmp_path):
+    # Same seed, same data: only the weight differs, so only the term can thin the Gaussians.
+    ratios = {}
+    for weight in (0.0, 10.0):
+        s1, d = configs(4)
+        d.flatten_weight, d.lr_scales = weight, 0.05  # a faster scale rate: twelve iterations show the pull
+        run_train(SAMPLE, tmp_path / str(weight), resolution=32, config=s1, distill=d, quiet=True)
+        s = torch.sort(Gaussians.load_ply(tmp_path / str(weight) / "point_cloud.ply").params["scales"], 1).values
+        ratios[weight] = torch.exp(s[:, 0] - s[:, 1]).mean().item()
+    assert ratios[10.0] < 0.9 * ratios[0.0], ratios
+
+
 def test_bench_overrides_parse_by_field_type():
     from prd_blender.trainer.cli import parse_overrides
 
@@ -243,6 +268,22 @@ def test_bench_relight_seeds_parse(capsys):
         with pytest.raises(SystemExit):
             parse(["bench", "relight", "--seeds", bad])
         assert "seeds are distinct integers" in capsys.readouterr().err
+
+
+def test_a_benchmark_record_keeps_the_sessions_experiments(tmp_path):
+    """A rerun refreshes the record's headline and keeps every ``*_experiments`` entry already in the file;
+    a file that is not a JSON object is replaced whole."""
+    from prd_blender.trainer.bench.common import record
+
+    path = tmp_path / "relight.json"
+    path.write_text(json.dumps({"mean": {"relight_psnr": 1.0}, "run1_experiments": {"note": "kept"}}))
+    rec = record(path, {"mean": {"relight_psnr": 2.0}})
+    saved = json.loads(path.read_text())
+    assert saved["mean"] == {"relight_psnr": 2.0} and saved["run1_experiments"] == {"note": "kept"}
+    assert saved["command"] == rec["command"] and "run1_experiments" not in rec
+    path.write_text("[1, 2]")
+    record(path, {"mean": {}})
+    assert "run1_experiments" not in json.loads(path.read_text())
 
 
 def test_bench_relight_refuses_missing_inputs_before_training(tmp_path):

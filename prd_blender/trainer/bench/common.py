@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import sys
@@ -42,8 +43,19 @@ def record(path: Path | None, results: dict) -> dict:
     }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, rec)
+        write_json(path, {**rec, **kept_experiments(path)})
     return rec
+
+
+def kept_experiments(path: Path) -> dict:
+    """The ``*_experiments`` entries of the record already at ``path``: each session's hand-kept history.
+    A benchmark run refreshes the headline figures and must not drop them (a bare ``prd bench relight``
+    once replaced 30 runs' records with one ceiling check). A file that is not a JSON object keeps nothing."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in old.items() if k.endswith("_experiments")} if isinstance(old, dict) else {}
 
 
 def table(rows: list[list], header: list[str]) -> str:

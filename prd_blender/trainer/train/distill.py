@@ -31,7 +31,7 @@ from ..shading.sun import Sun, split_sun, sun_radiance, sun_sh
 from ..shading.visibility import VisibilityGrid, bake_visibility
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gaussians import Gaussians, shortest_axes
-from .losses import AlbedoOrientation, edge_aware_smoothness, image_loss, psnr
+from .losses import AlbedoOrientation, edge_aware_smoothness, flatten_loss, image_loss, psnr
 from .normal_sign import orient_normals
 from .progress import Progress
 from .render import Camera, normal_consistency, render_pbr_maps
@@ -207,6 +207,13 @@ class DistillConfig:
     # one seed): diffuse +0.32, glossy +0.35, mixed -0.52 dB (its metal smeared into the dielectric squares).
     material_smooth_weight: float = 0.01
     material_smooth_stage: int = 3
+    # Thin each Gaussian towards a disc from stage 2 on (train.losses.flatten_loss: shortest over middle axis,
+    # averaged over Gaussians); 0: off. Stage 1 leaves the mixed object's surface as thick, faint Gaussians
+    # (median opacity 0.06, shortest axis 0.3-0.4 of the middle one), and most of its normal error is on the
+    # bowl's concave inside (26 % of the pixels, 20.9 deg; the rest 5.9). At 10 (relighting run 32, 3 x 1000, one
+    # seed) the Gaussians end as discs (ratio 0.005) and mixed's normals go 9.1 -> 8.6 deg, albedo +0.28 dB, but
+    # glossy's normals 3.8 -> 4.0 deg and diffuse's 5.6 -> 5.7; relighting mean 27.12 -> 27.07 dB. A trade, so off.
+    flatten_weight: float = 0.0
     # The part of the log-albedo that a degree-1/2 function of the normal explains, pooled over views
     # (train.losses.AlbedoOrientation), is what a wrong learned light leaves in a diffuse surface's albedo: a
     # third of the diffuse benchmark object's albedo error (relighting run 16). Two terms from stage 3 on, 0: off.
@@ -684,6 +691,8 @@ def train_distill(
             source = bounce_source(model, cfg) if stage >= 3 else None
             sh = shade_maps(maps, sky, lut, vis, stage, cfg, sun, source)
             loss, img = distill_loss(maps, sh, cam, bg, light, stage, cfg, orientation)
+            if cfg.flatten_weight > 0:
+                loss = loss + cfg.flatten_weight * flatten_loss(model.params["scales"])
             loss.backward()
             for o in opt.values():
                 o.step()

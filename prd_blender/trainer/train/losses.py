@@ -63,6 +63,14 @@ def edge_aware_smoothness(values: torch.Tensor, coverage: torch.Tensor, image: t
     return (terms[0] + terms[1]) / count
 
 
+def flatten_loss(log_scales: torch.Tensor) -> torch.Tensor:
+    """Mean over Gaussians of the shortest axis over the middle one (``log_scales`` (N, 3)). The middle axis
+    is detached, so the term thins each Gaussian towards a disc without widening it: a flat Gaussian's shortest
+    axis, the PRD normal, is then well defined. Scale-free, so one weight fits any scene size."""
+    s = torch.sort(log_scales, dim=1).values
+    return torch.exp(s[:, 0] - s[:, 1].detach()).mean()
+
+
 class AlbedoOrientation:
     """How much of the log-albedo a smooth function of the normal explains, pooled over the views seen.
 
