@@ -281,6 +281,8 @@ def test_a_benchmark_record_keeps_the_sessions_experiments(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["mean"] == {"relight_psnr": 2.0} and saved["run1_experiments"] == {"note": "kept"}
     assert saved["command"] == rec["command"] and "run1_experiments" not in rec
+    record(path, {"run1_experiments": {"note": "new"}})  # this run's own entry wins over the file's
+    assert json.loads(path.read_text())["run1_experiments"] == {"note": "new"}
     path.write_text("[1, 2]")
     record(path, {"mean": {}})
     assert "run1_experiments" not in json.loads(path.read_text())

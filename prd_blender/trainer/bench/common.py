@@ -43,14 +43,15 @@ def record(path: Path | None, results: dict) -> dict:
     }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {**rec, **kept_experiments(path)})
+        kept = {k: v for k, v in kept_experiments(path).items() if k not in rec}  # this run's own entries win
+        write_json(path, {**rec, **kept})
     return rec
 
 
 def kept_experiments(path: Path) -> dict:
     """The ``*_experiments`` entries of the record already at ``path``: each session's hand-kept history.
     A benchmark run refreshes the headline figures and must not drop them (a bare ``prd bench relight``
-    once replaced 30 runs' records with one ceiling check). A file that is not a JSON object keeps nothing."""
+    once replaced 29 sessions' entries with one ceiling check). A file that is not a JSON object keeps nothing."""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
