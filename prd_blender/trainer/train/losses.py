@@ -71,6 +71,18 @@ def flatten_loss(log_scales: torch.Tensor) -> torch.Tensor:
     return torch.exp(s[:, 0] - s[:, 1].detach()).mean()
 
 
+def depth_distortion(spread: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor, ref: float) -> torch.Tensor:
+    """How far apart along each ray the Gaussians that make up a pixel lie (as 2DGS and Mip-NeRF 360's
+    distortion, with squared distances): the mean over pixels of sum_ij w_i w_j (z_i - z_j)^2 / 2, which is
+    alpha^2 times the blend weights' depth variance, over the pixel's depth squared (detached) so that it is
+    scale-free. A faint layer in front of the surface (a false floor in a crevice) costs it; one thin surface
+    does not. ``spread`` (H, W, 1) is ``render.depth_spread_channel`` splatted, ``alpha`` and ``depth`` (H, W, 1)
+    the same pass's coverage and expected depth, ``ref`` the channel's reference depth."""
+    s1 = alpha * (depth - ref)
+    pair = (alpha * spread - s1 * s1).clamp_min(0)  # float32 can leave a hair below zero
+    return (pair / depth.detach().clamp_min(1e-3) ** 2).mean()
+
+
 class AlbedoOrientation:
     """How much of the log-albedo a smooth function of the normal explains, pooled over the views seen.
 

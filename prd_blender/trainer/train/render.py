@@ -41,18 +41,35 @@ class Camera:
         )
 
 
+def camera_depths(model: Gaussians, cam: Camera) -> torch.Tensor:
+    """Each Gaussian's camera z (N,), with gradient to its mean."""
+    return model.means @ cam.viewmat[2, :3] + cam.viewmat[2, 3]
+
+
+def depth_spread_channel(model: Gaussians, cam: Camera) -> tuple[torch.Tensor, float]:
+    """The channel (N, 1) that ``train.losses.depth_distortion`` needs splatted: each Gaussian's squared camera z
+    about a reference depth, and that reference (the Gaussians' median z). Centring keeps float32's cancellation in
+    the per-pixel variance small."""
+    z = camera_depths(model, cam)
+    ref = float(z.detach().median())
+    return ((z - ref) ** 2)[:, None], ref
+
+
 def render_radiance(
     model: Gaussians, cam: Camera, sh_degree: int, backend: str, background: torch.Tensor,
-    normals: bool = False,
+    normals: bool = False, extra: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, RasterOutput]:
     """The radiance field seen from ``cam``: image (H, W, 3) over ``background``, and the raw output.
 
     ``normals``: also splat each Gaussian's normal in the same pass; ``out.features`` then holds the colour
-    (3 channels) followed by the coverage-weighted normal (3 channels).
+    (3 channels) followed by the coverage-weighted normal (3 channels). ``extra`` (N, E): more per-Gaussian
+    channels splatted in the same pass, last in ``out.features``.
     """
     dirs = F.normalize(model.means.detach() - cam.centre, dim=-1)
     colors = eval_sh(model.sh, dirs, sh_degree).clamp_min(0)
     feats = torch.cat([colors, model.normals(cam.centre)], dim=1) if normals else colors
+    if extra is not None:
+        feats = torch.cat([feats, extra], dim=1)
     out = rasterization(
         model.means, model.quats, model.scales, model.opacities, feats, cam.viewmat, cam.K,
         cam.width, cam.height, backend=backend,
@@ -81,15 +98,18 @@ def pixel_rays(cam: Camera) -> torch.Tensor:
 
 
 def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str,
-                    raw_fixed_geometry: bool = False) -> dict[str, torch.Tensor]:
+                    raw_fixed_geometry: bool = False, depth_spread: bool = False) -> dict[str, torch.Tensor]:
     """Splat every PRD channel once; return per-pixel maps normalised by coverage.
 
     ``raw_fixed_geometry``: splat the radiance field's colour in a second pass whose positions, shapes and
     opacities are detached, so that the image loss moves the geometry only through the physical branch
     (the radiance branch still learns its colour). One more rasterisation.
 
+    ``depth_spread``: also splat ``depth_spread_channel`` in the same pass, for ``train.losses.depth_distortion``.
+
     Keys: the PBR_CHANNELS (normal renormalised), ``coverage`` (H, W, 1), ``depth`` (H, W, 1),
-    ``position`` (H, W, 3) world space, ``view`` (H, W, 3) unit vector from the surface to the camera.
+    ``position`` (H, W, 3) world space, ``view`` (H, W, 3) unit vector from the surface to the camera; with
+    ``depth_spread``, ``depth_spread`` (H, W, 1, coverage-weighted, not normalised) and ``depth_ref`` (a float).
     """
     dirs = F.normalize(model.means.detach() - cam.centre, dim=-1)
     feats = {
@@ -101,13 +121,22 @@ def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str,
     if raw_fixed_geometry:
         feats["raw"] = torch.zeros_like(raw)  # keeps the channel layout; filled by the second pass below
     stacked = torch.cat([feats[k] for k in PBR_CHANNELS], dim=1)
+    if depth_spread:
+        spread, ref = depth_spread_channel(model, cam)
+        stacked = torch.cat([stacked, spread], dim=1)
     out = rasterization(
         model.means, model.quats, model.scales, model.opacities, stacked, cam.viewmat, cam.K,
         cam.width, cam.height, backend=backend,
     )
     cov = out.alpha[..., None]
-    maps = dict(zip(PBR_CHANNELS, torch.split(out.features / cov.clamp_min(1e-6), list(PBR_CHANNELS.values()), -1),
+    feats_out = out.features
+    if depth_spread:
+        feats_out = out.features[..., :-1]
+    maps = dict(zip(PBR_CHANNELS, torch.split(feats_out / cov.clamp_min(1e-6), list(PBR_CHANNELS.values()), -1),
                     strict=True))
+    if depth_spread:
+        maps["depth_spread"] = out.features[..., -1:]
+        maps["depth_ref"] = ref
     if raw_fixed_geometry:
         fixed = rasterization(
             model.means.detach(), model.quats.detach(), model.scales.detach(), model.opacities.detach(), raw,

@@ -16,9 +16,9 @@ from ..capture import View
 from .checkpoint import load_checkpoint, save_checkpoint
 from .densify import DensifyStrategy
 from .gaussians import Gaussians
-from .losses import image_loss, psnr
+from .losses import depth_distortion, image_loss, psnr
 from .progress import Progress
-from .render import Camera, normal_consistency, render_radiance, splatted_normals
+from .render import Camera, depth_spread_channel, normal_consistency, render_radiance, splatted_normals
 
 
 @dataclass
@@ -45,6 +45,9 @@ class Stage1Config:
     # -1.8 dB; docs/benchmarks.md, relighting run 9). Kept for experiments (`bench relight --set-stage1`).
     normal_weight: float = 0.0
     normal_start: float = 0.3
+    # Depth distortion (train.losses.depth_distortion) from normal_start on; 0: off. Stage 1 is where the mixed
+    # object's crevice fills with a faint false floor (relighting run 32).
+    distortion_weight: float = 0.0
     densify: DensifyStrategy = field(default_factory=DensifyStrategy)
 
     @classmethod
@@ -201,13 +204,18 @@ def train_stage1(
             cam = cams[order[cursor]]
             cursor += 1
             with_normals = cfg.normal_weight > 0 and it > cfg.normal_start * cfg.iterations
-            img, out = render_radiance(model, cam, degree, backend, bg, normals=with_normals)
+            with_spread = cfg.distortion_weight > 0 and it > cfg.normal_start * cfg.iterations
+            spread, ref = depth_spread_channel(model, cam) if with_spread else (None, 0.0)
+            img, out = render_radiance(model, cam, degree, backend, bg, normals=with_normals, extra=spread)
             out.means2d.retain_grad()
             loss = image_loss(img, cam.image, cfg.ssim_weight)
             if with_normals:
                 term = normal_consistency(splatted_normals(out), out.alpha[..., None], out.depth[..., None], cam)
                 if term is not None:
                     loss = loss + cfg.normal_weight * term
+            if with_spread:
+                loss = loss + cfg.distortion_weight * depth_distortion(
+                    out.features[..., -1:], out.alpha[..., None], out.depth[..., None], ref)
             loss.backward()
             with torch.no_grad():
                 cfg.densify.accumulate(dens_state, out.means2d, out.radii, cam.width, cam.height)
