@@ -254,59 +254,52 @@ def test_trains_on_a_colmap_model_with_points(tmp_path):
     assert [e for e in ev if e["event"] == "capture"][0]["source"] == "colmap"
 
 
-def test_stage1_normal_consistency_aligns_the_gaussians_with_their_depth_surface(tmp_path):
-    """With ``normal_weight`` the splatted normals agree better with the rendered depth surface's (the term
-    it minimises), measured on every training view after the same number of iterations."""
+def _stage1_term_after_training(tmp_path: Path, field: str, weights: tuple[float, float], measure) -> dict:
+    """Train stage 1 on the sample capture at 32 px with ``field`` at each weight (same seed and iterations), and
+    return each weight's mean of ``measure(model, cam, background)`` over the training views."""
     from prd_blender.trainer.capture import load_capture
     from prd_blender.trainer.train.progress import Progress
-    from prd_blender.trainer.train.render import Camera, normal_consistency, render_radiance, splatted_normals
+    from prd_blender.trainer.train.render import Camera
     from prd_blender.trainer.train.stage1 import train_stage1
 
     cap = load_capture(SAMPLE, resolution=32)
-    disagreement = {}
-    for weight in (0.0, 0.2):
+    means = {}
+    for weight in weights:
         cfg = Stage1Config(iterations=150, init_random=1500, sh_every=30, checkpoint_every=1000, log_every=50,
                            densify=DensifyStrategy(start=10, every=10, reset_every=60, stop=1000),
-                           normal_weight=weight, normal_start=0.3)
-        out_dir = tmp_path / str(weight)
+                           normal_start=0.3, **{field: weight})
+        out_dir = tmp_path / f"{field}_{weight}"
         out_dir.mkdir()
         model, _ = train_stage1(cap.views, cfg, out_dir, Progress(None, quiet=True), "cpu", cap.background)
-        terms = []
         with torch.no_grad():
-            for v in cap.views:
-                cam = Camera.from_view(v)
-                _, out = render_radiance(model, cam, 1, "cpu", torch.tensor(cap.background), normals=True)
-                terms.append(float(normal_consistency(splatted_normals(out), out.alpha[..., None],
-                                                      out.depth[..., None], cam)))
-        disagreement[weight] = float(np.mean(terms))
+            terms = [measure(model, Camera.from_view(v), torch.tensor(cap.background)) for v in cap.views]
+        means[weight] = float(np.mean(terms))
+    return means
+
+
+def test_stage1_normal_consistency_aligns_the_gaussians_with_their_depth_surface(tmp_path):
+    """With ``normal_weight`` the splatted normals agree better with the rendered depth surface's (the term
+    it minimises), measured on every training view after the same number of iterations."""
+    from prd_blender.trainer.train.render import normal_consistency, render_radiance, splatted_normals
+
+    def measure(model, cam, bg):
+        _, out = render_radiance(model, cam, 1, "cpu", bg, normals=True)
+        return float(normal_consistency(splatted_normals(out), out.alpha[..., None], out.depth[..., None], cam))
+
+    disagreement = _stage1_term_after_training(tmp_path, "normal_weight", (0.0, 0.2), measure)
     assert disagreement[0.2] < 0.85 * disagreement[0.0], disagreement
 
 
 def test_stage1_depth_distortion_gathers_each_ray(tmp_path):
     """With ``distortion_weight`` each pixel's blend weights lie closer together in depth (the term it
     minimises), measured on every training view after the same number of iterations."""
-    from prd_blender.trainer.capture import load_capture
     from prd_blender.trainer.train.losses import depth_distortion
-    from prd_blender.trainer.train.progress import Progress
-    from prd_blender.trainer.train.render import Camera, depth_spread_channel, render_radiance
-    from prd_blender.trainer.train.stage1 import train_stage1
+    from prd_blender.trainer.train.render import depth_spread_channel, render_radiance
 
-    cap = load_capture(SAMPLE, resolution=32)
-    spread = {}
-    for weight in (0.0, 100.0):
-        cfg = Stage1Config(iterations=150, init_random=1500, sh_every=30, checkpoint_every=1000, log_every=50,
-                           densify=DensifyStrategy(start=10, every=10, reset_every=60, stop=1000),
-                           distortion_weight=weight, normal_start=0.3)
-        out_dir = tmp_path / str(weight)
-        out_dir.mkdir()
-        model, _ = train_stage1(cap.views, cfg, out_dir, Progress(None, quiet=True), "cpu", cap.background)
-        terms = []
-        with torch.no_grad():
-            for v in cap.views:
-                cam = Camera.from_view(v)
-                channel, ref = depth_spread_channel(model, cam)
-                _, out = render_radiance(model, cam, 1, "cpu", torch.tensor(cap.background), extra=channel)
-                terms.append(float(depth_distortion(out.features[..., -1:], out.alpha[..., None],
-                                                    out.depth[..., None], ref)))
-        spread[weight] = float(np.mean(terms))
+    def measure(model, cam, bg):
+        channel, ref = depth_spread_channel(model, cam)
+        _, out = render_radiance(model, cam, 1, "cpu", bg, extra=channel)
+        return float(depth_distortion(out.features[..., -1:], out.alpha[..., None], out.depth[..., None], ref))
+
+    spread = _stage1_term_after_training(tmp_path, "distortion_weight", (0.0, 100.0), measure)
     assert spread[100.0] < 0.8 * spread[0.0], spread
