@@ -129,9 +129,7 @@ def render_pbr_maps(model: Gaussians, cam: Camera, sh_degree: int, backend: str,
         cam.width, cam.height, backend=backend,
     )
     cov = out.alpha[..., None]
-    feats_out = out.features
-    if depth_spread:
-        feats_out = out.features[..., :-1]
+    feats_out = out.features[..., :-1] if depth_spread else out.features
     maps = dict(zip(PBR_CHANNELS, torch.split(feats_out / cov.clamp_min(1e-6), list(PBR_CHANNELS.values()), -1),
                     strict=True))
     if depth_spread:
