@@ -253,8 +253,8 @@ def _two_layers(z_front: float, z_back: float, scale: float = 1.0):
     z_back (the scene scaled by ``scale`` about the origin), and the camera."""
     from prd_blender.trainer.train.render import render_pbr_maps
 
-    pts = np.array([[0.0, z_front - 3.0, 0.0], [0.0, z_back - 3.0, 0.0], [0.0, -10.0, 0.0], [1.0, -10.0, 0.0]])
     # Two more behind the camera (culled): from_points sizes each point by its three nearest neighbours.
+    pts = np.array([[0.0, z_front - 3.0, 0.0], [0.0, z_back - 3.0, 0.0], [0.0, -10.0, 0.0], [1.0, -10.0, 0.0]])
     model = Gaussians.from_points(pts * scale, np.full((4, 3), 0.5), init_opacity=0.5)
     with torch.no_grad():
         model.params["scales"][:] = torch.log(torch.tensor([2.0, 0.01, 2.0]) * scale)
@@ -264,9 +264,10 @@ def _two_layers(z_front: float, z_back: float, scale: float = 1.0):
     return model, render_pbr_maps(model, cam, 0, "cpu", depth_spread=True)
 
 
-def _distortion(maps: dict, rows: slice = slice(None)) -> torch.Tensor:
-    return depth_distortion(maps["depth_spread"][rows, rows], maps["coverage"][rows, rows], maps["depth"][rows, rows],
-                            maps["depth_ref"])
+def _distortion(maps: dict, square: slice = slice(None)) -> torch.Tensor:
+    """The term over the pixels of rows and columns ``square`` (the whole image by default)."""
+    px = (square, square)
+    return depth_distortion(maps["depth_spread"][px], maps["coverage"][px], maps["depth"][px], maps["depth_ref"])
 
 
 def test_depth_distortion_is_the_pairwise_spread_along_each_ray():
