@@ -201,14 +201,19 @@ def test_normal_consistency_loss_trains(tmp_path):
     assert m["status"] == "complete"
 
 
-def test_metallic_restarts_at_stage3_value(tmp_path):
-    # With metallic's learning rate at 0, what comes out is exactly what stage 3 started from.
-    for start, expect in ((0.5, 0.5), (None, 1.0)):
+@pytest.mark.parametrize("channel", ["metallic", "roughness"])
+def test_material_restarts_at_stage3_value(tmp_path, channel):
+    # With the channel's learning rate at 0, what comes out is exactly what stage 3 started from; None keeps
+    # stage 2's value, which is not the restart's.
+    ends = {}
+    for start in (0.3, None):
         s1, d = configs(3)
-        d.metallic_stage3, d.lr_metallic = start, 0.0
+        setattr(d, f"{channel}_stage3", start)
+        setattr(d, f"lr_{channel}", 0.0)
         run_train(SAMPLE, tmp_path / str(start), resolution=32, config=s1, distill=d, quiet=True)
-        metal = Gaussians.load_ply(tmp_path / str(start) / "point_cloud.ply").pbr("metallic").detach()
-        assert torch.allclose(metal, torch.full_like(metal, expect), atol=1e-3), start
+        ends[start] = Gaussians.load_ply(tmp_path / str(start) / "point_cloud.ply").pbr(channel).detach()
+    assert torch.allclose(ends[0.3], torch.full_like(ends[0.3], 0.3), atol=1e-3)
+    assert (ends[None] - 0.3).abs().min() > 0.1
 
 
 def test_metallic_prior_pulls_towards_dielectric(tmp_path):

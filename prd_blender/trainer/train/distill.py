@@ -131,6 +131,11 @@ class DistillConfig:
     # glossy -0.11, mixed +0.12 / +0.05 dB on two seeds; without the vote 0.2 lost on glossy and mixed (runs 18-19).
     # 0.1 against 0.2 (run 20): diffuse +0.21, glossy -0.04, mixed -0.05 / +0.03 dB; mean 26.36 -> 26.42 dB.
     metallic_stage3: float | None = 0.1
+    # Roughness at the start of stage 3 (None: keep stage 2's). Stage 2 fits every surface as metal, so a matte
+    # dielectric comes out of it as a broad metal lobe, and that roughness outlives the metallic's restart: with the
+    # training HDRI given as the light, mixed's dielectric squares still end 43 % metal with their roughness pressed
+    # to the middle (0.1 -> 0.37), though the true material fits those pixels as well (relighting run 34).
+    roughness_stage3: float | None = None
     # Prior towards dielectric from stage 3 on: weight times the mean splatted metallic over the object.
     # A rough metal with the same albedo shades almost like a diffuse surface under one light, so nothing
     # in the images separates them; most surfaces are dielectric. 0 turns it off.
@@ -678,8 +683,9 @@ def train_distill(
                     )
                 progress.emit("visibility", stage=3, iteration=offset + it, seconds=round(time.time() - t0, 1),
                               resolution=cfg.visibility_resolution)
-                if cfg.metallic_stage3 is not None:
-                    _reset_param(model, opt, "metallic", cfg.metallic_stage3)
+                for name, value in (("metallic", cfg.metallic_stage3), ("roughness", cfg.roughness_stage3)):
+                    if value is not None:
+                        _reset_param(model, opt, name, value)
             if cfg.orient_every and (it - 1) % cfg.orient_every == 0:
                 t0 = time.time()
                 turned = orient_normals(model, cams, backend, opt["quats"])
