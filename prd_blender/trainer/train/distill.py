@@ -77,7 +77,9 @@ class DistillConfig:
     # leaves undetermined keeps moving as long as it trains: at the High quality's 3 x 3000 the mixed object's
     # light error grew 0.064 -> 0.114 and it relit 0.44 dB worse (relighting run 26). Held (run 27, seed 0): at 3 x 3000
     # mixed +0.39 dB (light error 0.081), diffuse -0.05, glossy -0.07 (albedo -0.56 dB); at 3 x 1000 the mean is
-    # unchanged (mixed +0.24, diffuse -0.13, glossy -0.09 dB). Off until High's case has a second seed.
+    # unchanged (mixed +0.24, diffuse -0.13, glossy -0.09 dB). Again at 3 x 3000 after the material smoothness (run 34):
+    # mean +0.02 dB (mixed +0.17, diffuse -0.03, glossy -0.09), glossy's albedo -0.56 dB again; diffuse's light drifts
+    # in stage 3, so holding it in stage 4 does not stop High's loss there. Off, and no preset uses it.
     freeze_light_stage4: bool = False
     # Times the scene extent. Stage 1 ends at 1.6e-6; ten times that lets the physical image move the geometry
     # (relighting run 14, 3 x 1000: relighting mean 24.82 -> 24.98 dB, normals 7.8 -> 7.1 deg, mixed's Chamfer
