@@ -29,9 +29,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_PARENT = PACKAGE_DIR.parent
 
 # quality -> (stage-1 iterations, longer image side or None for full size, iterations of each of stages 2-4)
-# High's longer stages 2-4 buy material and geometry, not relighting: at 128 px, 3 x 3000 against 3 x 1000 gave normals
-# 6.19 -> 5.91 deg, albedo +0.22 dB and novel views +1.0 dB on the mean of three objects, but relighting -0.27 dB, all of
-# it the diffuse object's light drifting in stage 3 (relighting runs 33-34; holding the light in stage 4 does not help).
+# High's longer stages 2-4 buy material and geometry, not relighting: at 128 px, 3 x 3000 against 3 x 1000 gave
+# normals 6.19 -> 5.91 deg, albedo +0.22 dB and novel views +1.0 dB on the mean of three objects, but relighting
+# -0.27 dB, all of it the diffuse object's light drifting in stage 3 (relighting runs 33-34; holding the light in
+# stage 4 does not help).
 QUALITY_PRESETS: dict[str, tuple[int, int | None, int]] = {
     "PREVIEW": (2_000, 256, 300),
     "STANDARD": (7_000, 512, 1_000),
