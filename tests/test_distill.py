@@ -18,7 +18,14 @@ from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
 from prd_blender.trainer.shading.envmap import EnvironmentLight
 from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
 from prd_blender.trainer.train.densify import DensifyStrategy
-from prd_blender.trainer.train.distill import DistillConfig, _optimizers, _set_stage_lrs, distill_loss, shade_maps
+from prd_blender.trainer.train.distill import (
+    DistillConfig,
+    _optimizers,
+    _random_background,
+    _set_stage_lrs,
+    distill_loss,
+    shade_maps,
+)
 from prd_blender.trainer.train.gaussians import Gaussians
 from prd_blender.trainer.train.losses import AlbedoOrientation, depth_distortion, edge_aware_smoothness, flatten_loss
 from prd_blender.trainer.train.stage1 import Stage1Config
@@ -70,15 +77,16 @@ def test_four_stages_write_every_output(tmp_path):
     assert 5 < ev["psnr"] < 60
 
 
-@pytest.mark.parametrize("orientation", [0.0, 1.0])
-def test_stage_to_stage_resume_is_exact(tmp_path, orientation):
-    # With the light's orientation term on, its running moments travel in the checkpoint too.
+@pytest.mark.parametrize(("orientation", "random_background"), [(0.0, False), (1.0, False), (0.0, True)])
+def test_stage_to_stage_resume_is_exact(tmp_path, orientation, random_background):
+    # With the light's orientation term on, its running moments travel in the checkpoint too; a random
+    # background's colours are drawn again alike after the resume.
     s1, d = configs()
-    d.light_orientation_weight = orientation
+    d.light_orientation_weight, d.random_background = orientation, random_background
     run_train(SAMPLE, tmp_path / "a", resolution=32, config=s1, distill=d, quiet=True)
     # Pause inside stage 3 (global iteration = 30 stage-1 + 8 stage-2 + 3), then resume.
     s1b, db = configs()
-    db.light_orientation_weight = orientation
+    db.light_orientation_weight, db.random_background = orientation, random_background
     m = run_train(SAMPLE, tmp_path / "b", resolution=32, config=s1b, distill=db, stop_at=41, quiet=True)
     assert m["status"] == "paused"
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
@@ -566,6 +574,53 @@ def test_material_smoothness_evens_a_noisy_roughness_and_metallic():
     default = dataclasses.replace(base, material_smooth_stage=DistillConfig().material_smooth_stage)
     assert torch.equal(_loss(maps, cam, light, lut, 2, default)[0][0],
                        _loss(maps, cam, light, lut, 2, dataclasses.replace(default, material_smooth_weight=0.0))[0][0])
+
+
+def test_metal_albedo_smoothness_evens_only_the_metal_and_leaves_the_metallic_alone():
+    """``metal_albedo_smooth_weight``: a checkered albedo is pulled together where both neighbours are metal,
+    whatever the photo shows (no edge weight), not on a dielectric; the metallic takes no gradient from it."""
+    cam, maps, light, lut = _low_progress_pixels(8)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 == 0
+    base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0, light_orientation_weight=0.0,
+                         material_smooth_weight=0.0)
+    metal = torch.zeros(8, 8, 1)
+    metal[:, :4] = 1.0  # the left half is metal
+    grads = {}
+    for w in (0.0, 0.05):
+        maps["albedo"] = torch.where(checker, 0.8, 0.2)[..., None].expand(8, 8, 3).clone().requires_grad_(True)
+        maps["metallic"] = metal.clone().requires_grad_(True)
+        (loss, _), _ = _loss(maps, cam, light, lut, 3, dataclasses.replace(base, metal_albedo_smooth_weight=w))
+        loss.backward()
+        grads[w] = (maps["albedo"].grad.sum(-1), maps["metallic"].grad[..., 0])
+    extra = grads[0.05][0] - grads[0.0][0]
+    left = torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :3] = True  # pixels whose every horizontal neighbour is metal too
+    assert (extra[checker & left] > 0).all() and (extra[~checker & left] < 0).all()
+    assert extra[:, 5:].abs().max() == 0  # dielectric pairs carry no weight
+    assert torch.equal(grads[0.05][1], grads[0.0][1])  # detached: it cannot pay for itself by lowering the metal
+    # With weight: each pair takes the smaller weight; without it, the plain (sharpness 0) variation.
+    step, cover, photo = maps["albedo"].detach(), torch.ones(8, 8, 1), torch.rand(8, 8, 3)
+    full = edge_aware_smoothness(step, cover, photo, sharpness=0.0)
+    assert edge_aware_smoothness(step, cover, photo, 0.0, torch.ones(8, 8)).item() == pytest.approx(full.item())
+    half = edge_aware_smoothness(step, cover, photo, 0.0, metal[..., 0]).item()
+    assert 0 < half < 0.5 * full.item()
+
+
+def test_random_background_recomposites_the_view_through_its_alpha():
+    """``random_background``: the view's object keeps its pixels, its background takes the drawn colour, partly
+    covered pixels mix the two by the alpha; the colour depends on the seed and iteration alone (resumable)."""
+    cam, _, _, _ = _low_progress_pixels(4)
+    white = torch.ones(3)
+    alpha = torch.tensor([[0.0, 0.25, 1.0, 1.0]]).expand(4, 4)
+    obj = torch.tensor([0.2, 0.4, 0.6])
+    cam.image = alpha[..., None] * obj + (1 - alpha[..., None]) * white  # premultiplied over white, as loaded
+    cam.mask = alpha
+    other, colour = _random_background(cam, white, seed=0, it=7)
+    assert torch.allclose(other.image, alpha[..., None] * obj + (1 - alpha[..., None]) * colour, atol=1e-6)
+    assert not torch.allclose(colour, white) and torch.equal(cam.image[0, 0], white)  # the view itself is untouched
+    assert torch.equal(_random_background(cam, white, seed=0, it=7)[1], colour)
+    assert not torch.equal(_random_background(cam, white, seed=0, it=8)[1], colour)
+    assert not torch.equal(_random_background(cam, white, seed=1, it=7)[1], colour)
 
 
 def _sphere_normals(n: int) -> tuple[torch.Tensor, torch.Tensor]:

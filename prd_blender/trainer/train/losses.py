@@ -45,12 +45,14 @@ def image_loss(img: torch.Tensor, ref: torch.Tensor, ssim_weight: float = 0.2) -
 
 
 def edge_aware_smoothness(values: torch.Tensor, coverage: torch.Tensor, image: torch.Tensor,
-                          sharpness: float = 10.0) -> torch.Tensor:
+                          sharpness: float = 10.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Edge-aware total variation of a splatted material map (H, W, C) over covered pixels.
 
     Each neighbour difference is weighted by exp(-sharpness * |image difference|): a material may change where
     the photo does (texture edges), not across smooth shading, which is the light's and the normals' to
     explain. For the albedo: without it, diffuse albedo and light trade off freely (intrinsic-image ambiguity).
+    ``sharpness`` 0: plain total variation. ``weight`` (H, W): each difference also takes the smaller of its two
+    pixels' weights (the term then acts only where both pixels carry weight).
     """
     inside = (coverage[..., 0] > 0.5).float()
     terms, count = [], inside.sum().clamp_min(1.0)
@@ -59,6 +61,8 @@ def edge_aware_smoothness(values: torch.Tensor, coverage: torch.Tensor, image: t
         da = (values.narrow(dim, 1, n) - values.narrow(dim, 0, n)).abs().sum(-1)
         di = (image.narrow(dim, 1, n) - image.narrow(dim, 0, n)).abs().mean(-1)
         both = inside.narrow(dim, 1, n) * inside.narrow(dim, 0, n)
+        if weight is not None:
+            both = both * torch.minimum(weight.narrow(dim, 1, n), weight.narrow(dim, 0, n))
         terms.append((da * torch.exp(-sharpness * di) * both).sum())
     return (terms[0] + terms[1]) / count
 
