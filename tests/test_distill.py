@@ -581,6 +581,7 @@ def test_metal_albedo_smoothness_evens_only_the_metal_and_leaves_the_metallic_al
     whatever the photo shows (no edge weight), not on a dielectric; the metallic takes no gradient from it."""
     cam, maps, light, lut = _low_progress_pixels(8)
     checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 == 0
+    cam.image = torch.where(checker, 0.9, 0.1)[..., None].expand(8, 8, 3).clone()  # the photo shows every edge
     base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0, light_orientation_weight=0.0,
                          material_smooth_weight=0.0)
     metal = torch.zeros(8, 8, 1)
@@ -598,6 +599,9 @@ def test_metal_albedo_smoothness_evens_only_the_metal_and_leaves_the_metallic_al
     assert (extra[checker & left] > 0).all() and (extra[~checker & left] < 0).all()
     assert extra[:, 5:].abs().max() == 0  # dielectric pairs carry no weight
     assert torch.equal(grads[0.05][1], grads[0.0][1])  # detached: it cannot pay for itself by lowering the metal
+    plain = maps["albedo"].detach().clone().requires_grad_(True)  # the photo's edges do not spare the metal
+    (0.05 * edge_aware_smoothness(plain, torch.ones(8, 8, 1), cam.image, 0.0, metal[..., 0])).backward()
+    assert torch.allclose(extra, plain.grad.sum(-1), atol=1e-7)
     # With weight: each pair takes the smaller weight; without it, the plain (sharpness 0) variation.
     step, cover, photo = maps["albedo"].detach(), torch.ones(8, 8, 1), torch.rand(8, 8, 3)
     full = edge_aware_smoothness(step, cover, photo, sharpness=0.0)
