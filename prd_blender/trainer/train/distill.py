@@ -223,7 +223,8 @@ class DistillConfig:
     # bowl in each other). Not edge-aware, since a sharp reflection puts edges in the photo wherever the albedo
     # varies; each neighbour pair weighs by the smaller of its two metallic values, detached, so that the term
     # cannot pay for itself by lowering the metallic. At 0.1 (relighting run 35, 3 x 1000): glossy's albedo
-    # 27.67 -> 36.80 dB, relighting +0.11 dB; mixed -0.60 dB, albedo -1.32 dB, normals +1.7 deg. A trade, so off.
+    # 27.67 -> 36.80 dB, relighting +0.11 dB; mixed -0.60 dB, albedo -1.32 dB, normals +1.7 deg. At 0.02: glossy's
+    # albedo +1.50 dB, mixed within its seeds' spread; diffuse not trained. One seed, so off.
     metal_albedo_smooth_weight: float = 0.0
     # Composite each training view over a random colour, drawn per iteration, instead of the capture's background,
     # in stages 2-4 (captures with alpha; real scenes keep theirs). Over one fixed white, what the silhouette's
