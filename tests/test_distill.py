@@ -17,11 +17,11 @@ from prd_blender.trainer.pipeline import run_train
 from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
 from prd_blender.trainer.shading.envmap import EnvironmentLight
 from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
+from prd_blender.trainer.train.background import random_background
 from prd_blender.trainer.train.densify import DensifyStrategy
 from prd_blender.trainer.train.distill import (
     DistillConfig,
     _optimizers,
-    _random_background,
     _set_stage_lrs,
     distill_loss,
     shade_maps,
@@ -619,12 +619,12 @@ def test_random_background_recomposites_the_view_through_its_alpha():
     obj = torch.tensor([0.2, 0.4, 0.6])
     cam.image = alpha[..., None] * obj + (1 - alpha[..., None]) * white  # premultiplied over white, as loaded
     cam.mask = alpha
-    other, colour = _random_background(cam, white, seed=0, it=7)
+    other, colour = random_background(cam, white, seed=0, it=7)
     assert torch.allclose(other.image, alpha[..., None] * obj + (1 - alpha[..., None]) * colour, atol=1e-6)
     assert not torch.allclose(colour, white) and torch.equal(cam.image[0, 0], white)  # the view itself is untouched
-    assert torch.equal(_random_background(cam, white, seed=0, it=7)[1], colour)
-    assert not torch.equal(_random_background(cam, white, seed=0, it=8)[1], colour)
-    assert not torch.equal(_random_background(cam, white, seed=1, it=7)[1], colour)
+    assert torch.equal(random_background(cam, white, seed=0, it=7)[1], colour)
+    assert not torch.equal(random_background(cam, white, seed=0, it=8)[1], colour)
+    assert not torch.equal(random_background(cam, white, seed=1, it=7)[1], colour)
 
 
 def _sphere_normals(n: int) -> tuple[torch.Tensor, torch.Tensor]:

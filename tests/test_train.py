@@ -1,6 +1,7 @@
 """Stage-1 training end to end on the bundled sample capture at 32 px: outputs, resume, kill, cancel."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,9 +79,12 @@ def test_training_improves_the_fit(tmp_path):
     assert any(e["event"] == "densify" for e in log)
 
 
-def test_resume_is_exact(tmp_path):
-    run_train(SAMPLE, tmp_path / "a", resolution=32, config=small_config(), quiet=True)
-    run_train(SAMPLE, tmp_path / "b", resolution=32, config=small_config(), stop_at=23, quiet=True)
+@pytest.mark.parametrize("random_background", [False, True])
+def test_resume_is_exact(tmp_path, random_background):
+    cfg = small_config()
+    cfg.random_background = random_background
+    run_train(SAMPLE, tmp_path / "a", resolution=32, config=cfg, quiet=True)
+    run_train(SAMPLE, tmp_path / "b", resolution=32, config=cfg, stop_at=23, quiet=True)
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["status"] == "paused"
     run_train(SAMPLE, tmp_path / "b", resume=True, quiet=True)
     a, _ = read_ply(tmp_path / "a" / "point_cloud.ply")
@@ -254,15 +258,15 @@ def test_trains_on_a_colmap_model_with_points(tmp_path):
     assert [e for e in ev if e["event"] == "capture"][0]["source"] == "colmap"
 
 
-def _stage1_term_after_training(tmp_path: Path, field: str, weights: tuple[float, float], measure) -> dict:
-    """Train stage 1 on the sample capture at 32 px with ``field`` at each weight (same seed and iterations), and
+def _stage1_term_after_training(tmp_path: Path, field: str, weights: tuple, measure, capture: Path = SAMPLE) -> dict:
+    """Train stage 1 on ``capture`` at 32 px with ``field`` at each weight (same seed and iterations), and
     return each weight's mean of ``measure(model, cam, background)`` over the training views."""
     from prd_blender.trainer.capture import load_capture
     from prd_blender.trainer.train.progress import Progress
     from prd_blender.trainer.train.render import Camera
     from prd_blender.trainer.train.stage1 import train_stage1
 
-    cap = load_capture(SAMPLE, resolution=32)
+    cap = load_capture(capture, resolution=32)
     means = {}
     for weight in weights:
         cfg = Stage1Config(iterations=150, init_random=1500, sh_every=30, checkpoint_every=1000, log_every=50,
@@ -303,3 +307,27 @@ def test_stage1_depth_distortion_gathers_each_ray(tmp_path):
 
     spread = _stage1_term_after_training(tmp_path, "distortion_weight", (0.0, 100.0), measure)
     assert spread[100.0] < 0.8 * spread[0.0], spread
+
+
+def test_stage1_random_background_recovers_a_silhouette_the_background_hides(tmp_path):
+    """A white object over a white background: its alpha alone tells where it is. Over the fixed white every
+    coverage fits the pixels equally well (here the Gaussians are all pruned); over a colour drawn per iteration
+    (``random_background``) only the object's own silhouette does."""
+    from PIL import Image
+
+    from prd_blender.trainer.train.render import render_radiance
+
+    white = tmp_path / "white"
+    shutil.copytree(SAMPLE, white)
+    for f in (white / "train").glob("*.png"):
+        rgba = np.asarray(Image.open(f)).copy()
+        rgba[..., :3] = 255
+        Image.fromarray(rgba).save(f)
+
+    def measure(model, cam, bg):
+        _, out = render_radiance(model, cam, 1, "cpu", bg)
+        return float((out.alpha.reshape(cam.mask.shape) - cam.mask).abs().mean())
+
+    error = _stage1_term_after_training(tmp_path, "random_background", (False, True), measure, capture=white)
+    assert error[True] < 0.3 * error[False], error
+    assert error[True] < 0.08, error

@@ -29,6 +29,7 @@ from ..shading.shade import linear_to_srgb
 from ..shading.specular_occlusion import specular_visibility
 from ..shading.sun import Sun, split_sun, sun_radiance, sun_sh
 from ..shading.visibility import VisibilityGrid, bake_visibility
+from .background import random_background
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gaussians import Gaussians, shortest_axes
 from .losses import AlbedoOrientation, depth_distortion, edge_aware_smoothness, flatten_loss, image_loss, psnr
@@ -598,14 +599,6 @@ def initial_light(cfg: DistillConfig) -> EnvironmentLight:
     return EnvironmentLight(cfg.light_resolution, init=rotated_environment(img, cfg.known_light_rotation))
 
 
-def _random_background(cam: Camera, bg: torch.Tensor, seed: int, it: int) -> tuple[Camera, torch.Tensor]:
-    """The view over a random background colour (``random_background``): its image re-composited through its
-    alpha, and the colour. Drawn from the seed and iteration alone, so a resumed run draws the same colours."""
-    colour = torch.rand(3, generator=torch.Generator().manual_seed(seed * 1_000_003 + it))
-    image = cam.image + (1 - cam.mask)[..., None] * (colour - bg)  # = premultiplied + (1 - alpha) * colour
-    return dataclasses.replace(cam, image=image), colour
-
-
 def _gain_only(grad: torch.Tensor) -> torch.Tensor:
     """A known light's log-radiance learns one offset per channel: every texel gets the channel's mean
     gradient, so Adam moves them all alike and the map keeps its shape (a gain, no extra parameter)."""
@@ -737,7 +730,7 @@ def train_distill(
             cursor += 1
             view_bg = bg
             if cfg.random_background and cam.mask is not None and not cfg.real_scene:
-                cam, view_bg = _random_background(cam, bg, seed, it)
+                cam, view_bg = random_background(cam, bg, seed, it)
             maps = render_pbr_maps(model, cam, cfg.sh_degree, backend,
                                    raw_fixed_geometry=stage <= cfg.raw_fixed_geometry,
                                    depth_spread=cfg.distortion_weight > 0)

@@ -1,0 +1,21 @@
+"""A training view re-composited over a random background colour (stage 1's and stages 2-4's ``random_background``).
+
+Over one fixed colour, Gaussians that cover more than the object's true silhouette show that colour, and the
+radiance (then the albedo) takes it up; a colour drawn anew each iteration can only be matched by the true coverage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .render import Camera
+
+
+def random_background(cam: Camera, bg: torch.Tensor, seed: int, it: int) -> tuple[Camera, torch.Tensor]:
+    """The view over a random colour, and the colour. ``cam.image`` is the capture composited over ``bg`` through
+    ``cam.mask`` (its alpha). The colour comes from the seed and iteration alone, so a resumed run draws the same."""
+    colour = torch.rand(3, generator=torch.Generator().manual_seed(seed * 1_000_003 + it))
+    image = cam.image + (1 - cam.mask)[..., None] * (colour - bg)  # = premultiplied + (1 - alpha) * colour
+    return dataclasses.replace(cam, image=image), colour
