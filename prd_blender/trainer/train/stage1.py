@@ -52,9 +52,10 @@ class Stage1Config:
     # and roughness MAE 0.164 -> 0.183: a trade, so off (`bench relight --set-stage1 distortion_weight=100`).
     distortion_weight: float = 0.0
     # Composite each view over a random colour drawn per iteration instead of the capture's background (views with
-    # alpha only; train.background). Over white, the fitted silhouette covers more than the object (0.90 against
-    # 0.84 on the diffuse object, relighting run 35) and its colour takes the white up, which stages 2-4 then cannot
-    # undo. Measured in relighting run 36.
+    # alpha only; train.background), as DistillConfig.random_background does in stages 2-4. On its own (relighting run
+    # 36, 3 x 1000, stages 2-4 over white) it is within a seed's spread: means relighting 27.17 -> 27.20 dB, albedo
+    # 25.28 -> 25.38 dB, normals 6.15 -> 6.17 deg. The diffuse object's white silhouette band (run 35) stays (albedo
+    # there 22.88 -> 22.87 dB): stages 2-4 make it, and their own switch removes it (26.38 dB, run 35). Off.
     random_background: bool = False
     densify: DensifyStrategy = field(default_factory=DensifyStrategy)
 
