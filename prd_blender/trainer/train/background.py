@@ -15,7 +15,10 @@ from .render import Camera
 
 def random_background(cam: Camera, bg: torch.Tensor, seed: int, it: int) -> tuple[Camera, torch.Tensor]:
     """The view over a random colour, and the colour. ``cam.image`` is the capture composited over ``bg`` through
-    ``cam.mask`` (its alpha). The colour comes from the seed and iteration alone, so a resumed run draws the same."""
+    ``cam.mask`` (its alpha). The colour comes from the seed and iteration alone, so a resumed run draws the same.
+    A view without alpha cannot be re-composited: it comes back as it is, with ``bg``."""
+    if cam.mask is None:
+        return cam, bg
     colour = torch.rand(3, generator=torch.Generator().manual_seed(seed * 1_000_003 + it))
     image = cam.image + (1 - cam.mask)[..., None] * (colour - bg)  # = premultiplied + (1 - alpha) * colour
     return dataclasses.replace(cam, image=image), colour

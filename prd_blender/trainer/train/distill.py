@@ -734,7 +734,7 @@ def train_distill(
             cam = cams[order[cursor]]
             cursor += 1
             view_bg = bg
-            if cfg.random_background and cam.mask is not None and not cfg.real_scene:
+            if cfg.random_background and not cfg.real_scene:
                 cam, view_bg = random_background(cam, bg, seed, it)
             maps = render_pbr_maps(model, cam, cfg.sh_degree, backend,
                                    raw_fixed_geometry=stage <= cfg.raw_fixed_geometry,

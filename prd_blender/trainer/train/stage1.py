@@ -213,7 +213,7 @@ def train_stage1(
             cam = cams[order[cursor]]
             cursor += 1
             view_bg = bg
-            if cfg.random_background and cam.mask is not None:
+            if cfg.random_background:
                 cam, view_bg = random_background(cam, bg, cfg.seed, it)
             with_normals = cfg.normal_weight > 0 and it > cfg.normal_start * cfg.iterations
             with_spread = cfg.distortion_weight > 0 and it > cfg.normal_start * cfg.iterations
