@@ -17,12 +17,13 @@ from prd_blender.trainer.pipeline import run_train
 from prd_blender.trainer.shading.brdf_lut import get_brdf_lut
 from prd_blender.trainer.shading.envmap import EnvironmentLight
 from prd_blender.trainer.shading.hdr_io import read_exr, write_exr
-from prd_blender.trainer.train.background import random_background
+from prd_blender.trainer.train.background import paired_backgrounds, random_background
 from prd_blender.trainer.train.densify import DensifyStrategy
 from prd_blender.trainer.train.distill import (
     DistillConfig,
     _optimizers,
     _set_stage_lrs,
+    composite,
     distill_loss,
     shade_maps,
 )
@@ -625,6 +626,39 @@ def test_random_background_recomposites_the_view_through_its_alpha():
     assert torch.equal(random_background(cam, white, seed=0, it=7)[1], colour)
     assert not torch.equal(random_background(cam, white, seed=0, it=8)[1], colour)
     assert not torch.equal(random_background(cam, white, seed=1, it=7)[1], colour)
+
+
+def test_paired_background_sees_a_halo_that_white_hides():
+    """``paired_background``: the view over black and over white, both scored. A white halo of Gaussians beyond the
+    object's silhouette costs nothing over white alone; over the pair it costs, and its coverage and colour are
+    pushed down. The pair is the capture's own pixels where the alpha is 1, and a view without alpha keeps its one."""
+    cam, maps, light, lut = _low_progress_pixels(4)
+    white = torch.ones(3)
+    alpha = torch.ones(4, 4)
+    alpha[:, 0] = 0.0  # the truth's first column is background
+    cam.image = alpha[..., None] * 0.6 + (1 - alpha[..., None]) * white
+    cam.mask = alpha
+    pairs = paired_backgrounds(cam, white)
+    assert [c.tolist() for c, _ in pairs] == [[0.0] * 3, [1.0] * 3]
+    assert torch.equal(pairs[1][1], cam.image) and torch.equal(pairs[0][1][:, 0], torch.zeros(4, 3))
+    assert torch.equal(pairs[0][1][:, 1:], cam.image[:, 1:])
+    assert paired_backgrounds(dataclasses.replace(cam, mask=None), white) == [(white, cam.image)]
+    raw = torch.full((4, 4, 3), 0.6)
+    raw[:, 0] = 1.0  # the halo: covered and white where the truth is background
+    maps["raw"] = raw.requires_grad_(True)
+    maps["coverage"] = torch.ones(4, 4, 1, requires_grad=True)
+    cfg = DistillConfig(normal_weight=0.0)
+    grads = {}
+    for name, targets in (("white", None), ("pair", pairs)):
+        maps["raw"].grad = maps["coverage"].grad = None
+        sh = shade_maps(maps, light, lut, None, 2, cfg)
+        loss, img = distill_loss(maps, sh, cam, white, light, 2, cfg, targets=targets)
+        loss.backward()
+        grads[name] = (maps["coverage"].grad[:, 0].sum().item(), maps["raw"].grad[:, 0].sum().item(), loss.item())
+        assert torch.allclose(img, composite(sh["blend"], maps["coverage"], white))  # logged over the capture's
+    # Over white the halo's coverage is free and its colour is pushed towards white; over the pair both go down.
+    assert grads["pair"][0] > 20 * abs(grads["white"][0]) and grads["white"][1] <= 0 < grads["pair"][1], grads
+    assert grads["pair"][2] > 2 * grads["white"][2]
 
 
 def _sphere_normals(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,9 @@
-"""A training view re-composited over a random background colour (stage 1's and stages 2-4's ``random_background``).
+"""A training view re-composited over other background colours (stage 1's and stages 2-4's ``random_background``,
+stages 2-4's ``paired_background``).
 
 Over one fixed colour, Gaussians that cover more than the object's true silhouette show that colour, and the
-radiance (then the albedo) takes it up; a colour drawn anew each iteration can only be matched by the true coverage.
+radiance (then the albedo) takes it up; a colour drawn anew each iteration, or the view scored over black and over
+white at once, can only be matched by the true coverage.
 """
 
 from __future__ import annotations
@@ -22,3 +24,17 @@ def random_background(cam: Camera, bg: torch.Tensor, seed: int, it: int) -> tupl
     colour = torch.rand(3, generator=torch.Generator().manual_seed(seed * 1_000_003 + it))
     image = cam.image + (1 - cam.mask)[..., None] * (colour - bg)  # = premultiplied + (1 - alpha) * colour
     return dataclasses.replace(cam, image=image), colour
+
+
+def paired_backgrounds(cam: Camera, bg: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(colour, the view's image over it) for black and for white: the two extremes of every colour a random
+    background could draw, scored together each iteration, so the coverage is asked for without the draw's noise.
+    A view without alpha keeps its one background: ``[(bg, cam.image)]``."""
+    if cam.mask is None:
+        return [(bg, cam.image)]
+    premultiplied = cam.image - (1 - cam.mask)[..., None] * bg
+    pairs = []
+    for value in (0.0, 1.0):
+        colour = torch.full((3,), value)
+        pairs.append((colour, premultiplied + (1 - cam.mask)[..., None] * colour))
+    return pairs

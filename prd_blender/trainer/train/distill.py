@@ -29,7 +29,7 @@ from ..shading.shade import linear_to_srgb
 from ..shading.specular_occlusion import specular_visibility
 from ..shading.sun import Sun, split_sun, sun_radiance, sun_sh
 from ..shading.visibility import VisibilityGrid, bake_visibility
-from .background import random_background
+from .background import paired_backgrounds, random_background
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gaussians import Gaussians, shortest_axes
 from .losses import AlbedoOrientation, depth_distortion, edge_aware_smoothness, flatten_loss, image_loss, psnr
@@ -242,6 +242,9 @@ class DistillConfig:
     # 27.17 -> 27.25 / 27.23 dB, but glossy -0.42 dB on both seeds and roughness MAE 0.081 -> 0.113 (diffuse's 0.9
     # comes out 0.80-0.85): one target met for another missed, so off.
     random_background: bool = False
+    # Score each view over black and over white at once, the two losses averaged, in stages 2-4 (captures with
+    # alpha): what random_background asks of the coverage, without a draw's noise in every gradient. Off.
+    paired_background: bool = False
     # Thin each Gaussian towards a disc from stage 2 on (train.losses.flatten_loss: shortest over middle axis,
     # averaged over Gaussians); 0: off. Stage 1 leaves the mixed object's surface as thick, faint Gaussians
     # (median opacity 0.06, shortest axis 0.3-0.4 of the middle one), and most of its normal error is on the
@@ -506,12 +509,21 @@ def light_grey_loss(light: EnvironmentLight) -> torch.Tensor:
 
 
 def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: EnvironmentLight, stage: int,
-                 cfg: DistillConfig, orientation: AlbedoOrientation | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 cfg: DistillConfig, orientation: AlbedoOrientation | None = None,
+                 targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One iteration's loss (DESIGN.md §3 plus the project's terms) and the composited image it scored.
     ``orientation``: the running moments of the ``albedo_orientation_weight`` and ``light_orientation_weight``
-    terms, updated here (only the light's is on by default; turn on one of the two: each adds the view's moments)."""
+    terms, updated here (only the light's is on by default; turn on one of the two: each adds the view's moments).
+    ``targets``: (background colour, the view over it) pairs whose image losses are averaged (``paired_background``);
+    None: ``[(bg, cam.image)]``. The image returned is over ``bg``."""
+    targets = targets or [(bg, cam.image)]
+
+    def scored(rendered: torch.Tensor) -> torch.Tensor:
+        return sum(image_loss(composite(rendered, maps["coverage"], colour), target, cfg.ssim_weight)
+                   for colour, target in targets) / len(targets)
+
     img = composite(sh["blend"], maps["coverage"], bg)
-    loss = image_loss(img, cam.image, cfg.ssim_weight)
+    loss = scored(sh["blend"])
     if cfg.normal_weight > 0:
         term = normal_consistency(maps["normal"], maps["coverage"], maps["depth"], cam)
         if term is not None:
@@ -547,7 +559,7 @@ def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: Env
         # The blend hands the physical branch only the progress's share of the image loss (and relighting
         # shows I_phy alone): this scores I_phy against the image directly, whatever the progress.
         phy = sh.get("phy_display_fixed_light", sh["phy_display"])
-        loss = loss + cfg.physical_weight * image_loss(composite(phy, maps["coverage"], bg), cam.image, cfg.ssim_weight)
+        loss = loss + cfg.physical_weight * scored(phy)
     return loss, img
 
 
@@ -733,16 +745,18 @@ def train_distill(
                 cursor = 0
             cam = cams[order[cursor]]
             cursor += 1
-            view_bg = bg
+            view_bg, targets = bg, None
             if cfg.random_background and not cfg.real_scene:
                 cam, view_bg = random_background(cam, bg, seed, it)
+            elif cfg.paired_background and not cfg.real_scene:
+                targets = paired_backgrounds(cam, bg)
             maps = render_pbr_maps(model, cam, cfg.sh_degree, backend,
                                    raw_fixed_geometry=stage <= cfg.raw_fixed_geometry,
                                    depth_spread=cfg.distortion_weight > 0)
             sky, sun = trained_environment(light, cfg)
             source = bounce_source(model, cfg) if stage >= 3 else None
             sh = shade_maps(maps, sky, lut, vis, stage, cfg, sun, source)
-            loss, img = distill_loss(maps, sh, cam, view_bg, light, stage, cfg, orientation)
+            loss, img = distill_loss(maps, sh, cam, view_bg, light, stage, cfg, orientation, targets)
             if cfg.flatten_weight > 0:
                 loss = loss + cfg.flatten_weight * flatten_loss(model.params["scales"])
             if cfg.distortion_weight > 0:
