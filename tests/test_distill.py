@@ -26,6 +26,7 @@ from prd_blender.trainer.train.distill import (
     composite,
     distill_loss,
     shade_maps,
+    train_distill,
 )
 from prd_blender.trainer.train.gaussians import Gaussians
 from prd_blender.trainer.train.losses import AlbedoOrientation, depth_distortion, edge_aware_smoothness, flatten_loss
@@ -659,6 +660,9 @@ def test_paired_background_sees_a_halo_that_white_hides():
     # Over white the halo's coverage is free and its colour is pushed towards white; over the pair both go down.
     assert grads["pair"][0] > 20 * abs(grads["white"][0]) and grads["white"][1] <= 0 < grads["pair"][1], grads
     assert grads["pair"][2] > 2 * grads["white"][2]
+    both = DistillConfig(random_background=True, paired_background=True)
+    with pytest.raises(ValueError, match="turn on one"):
+        train_distill([], None, both, Path("unused"), None, "cpu", (1.0, 1.0, 1.0), 1.0)
 
 
 def _sphere_normals(n: int) -> tuple[torch.Tensor, torch.Tensor]:

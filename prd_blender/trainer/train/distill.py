@@ -676,6 +676,8 @@ def train_distill(
 ) -> tuple[Gaussians, EnvironmentLight, VisibilityGrid | None, dict]:
     """Run stages 2-4 after stage 1 (or resume inside them). Iterations count from 1 across the stages;
     progress events add ``offset`` (stage 1's iterations) so the job shows one running count."""
+    if cfg.random_background and cfg.paired_background:  # refused before any work, not one silently ignored
+        raise ValueError("random_background and paired_background both ask for the true coverage; turn on one")
     ckpt_path = out_dir / "checkpoint.pt"
     cams = [Camera.from_view(v) for v in train_views]
     bg = torch.tensor(background, dtype=torch.float32)
