@@ -22,8 +22,12 @@ def random_background(cam: Camera, bg: torch.Tensor, seed: int, it: int) -> tupl
     if cam.mask is None:
         return cam, bg
     colour = torch.rand(3, generator=torch.Generator().manual_seed(seed * 1_000_003 + it))
-    image = cam.image + (1 - cam.mask)[..., None] * (colour - bg)  # = premultiplied + (1 - alpha) * colour
-    return dataclasses.replace(cam, image=image), colour
+    return dataclasses.replace(cam, image=_over(cam, bg, colour)), colour
+
+
+def _over(cam: Camera, bg: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """The view's image (composited over ``bg`` through its alpha) over ``colour`` instead."""
+    return cam.image + (1 - cam.mask)[..., None] * (colour - bg)  # = premultiplied + (1 - alpha) * colour
 
 
 def paired_backgrounds(cam: Camera, bg: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -32,9 +36,5 @@ def paired_backgrounds(cam: Camera, bg: torch.Tensor) -> list[tuple[torch.Tensor
     A view without alpha keeps its one background: ``[(bg, cam.image)]``."""
     if cam.mask is None:
         return [(bg, cam.image)]
-    premultiplied = cam.image - (1 - cam.mask)[..., None] * bg
-    pairs = []
-    for value in (0.0, 1.0):
-        colour = torch.full((3,), value)
-        pairs.append((colour, premultiplied + (1 - cam.mask)[..., None] * colour))
-    return pairs
+    colours = (torch.zeros(3), torch.ones(3))
+    return [(colour, _over(cam, bg, colour)) for colour in colours]
