@@ -27,6 +27,7 @@ from prd_blender.trainer.train.distill import (
     distill_loss,
     shade_maps,
     train_distill,
+    view_backgrounds,
 )
 from prd_blender.trainer.train.gaussians import Gaussians
 from prd_blender.trainer.train.losses import AlbedoOrientation, depth_distortion, edge_aware_smoothness, flatten_loss
@@ -663,6 +664,16 @@ def test_paired_background_sees_a_halo_that_white_hides():
     both = DistillConfig(random_background=True, paired_background=True)
     with pytest.raises(ValueError, match="turn on one"):
         train_distill([], None, both, Path("unused"), None, "cpu", (1.0, 1.0, 1.0), 1.0)
+    # From its stage on (``paired_background_stage``): before it the view keeps the capture's background.
+    late = DistillConfig(paired_background=True, paired_background_stage=3)
+    assert view_backgrounds(cam, white, late, 2, 0, 1) == (cam, white, None)
+    for stage in (3, 4):
+        got = view_backgrounds(cam, white, late, stage, 0, 1)[2]
+        assert [c.tolist() for c, _ in got] == [[0.0] * 3, [1.0] * 3], stage
+    assert view_backgrounds(cam, white, DistillConfig(paired_background=True), 2, 0, 1)[2] is not None
+    assert view_backgrounds(cam, white, DistillConfig(paired_background=True, real_scene=True), 3, 0, 1)[2] is None
+    with pytest.raises(ValueError, match="2, 3 or 4"):
+        train_distill([], None, DistillConfig(paired_background_stage=5), Path("unused"), None, "cpu", (1.0,) * 3, 1.0)
 
 
 def _sphere_normals(n: int) -> tuple[torch.Tensor, torch.Tensor]:

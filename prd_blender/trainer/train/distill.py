@@ -248,6 +248,9 @@ class DistillConfig:
     # -0.27 dB (its metallic slides towards a dielectric), mixed -0.54 dB (the visibility grid baked after stage 2);
     # albedo mean 25.06 -> 25.84 dB. The same trade as the random colour, so the noise is not its cost. Off.
     paired_background: bool = False
+    # The first stage (2-4) scored over the pair; before it, over the capture's background. From 3, stage 2 (and
+    # the visibility grid baked from its geometry at stage 3's start) is the default's.
+    paired_background_stage: int = 2
     # Thin each Gaussian towards a disc from stage 2 on (train.losses.flatten_loss: shortest over middle axis,
     # averaged over Gaussians); 0: off. Stage 1 leaves the mixed object's surface as thick, faint Gaussians
     # (median opacity 0.06, shortest axis 0.3-0.4 of the middle one), and most of its normal error is on the
@@ -660,6 +663,21 @@ def _propagate_normals(model: Gaussians, opt: dict) -> None:
     _forget_moments(model, opt, ("opacities", "scales", "sh0"))
 
 
+def view_backgrounds(
+    cam: Camera, bg: torch.Tensor, cfg: DistillConfig, stage: int, seed: int, it: int,
+) -> tuple[Camera, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+    """The training view, the background it is composited over, and (with the pair on, from its stage) the
+    (colour, view) pairs ``distill_loss`` scores instead. Real scenes keep their own background."""
+    if cfg.real_scene:
+        return cam, bg, None
+    if cfg.random_background:
+        cam, colour = random_background(cam, bg, seed, it)
+        return cam, colour, None
+    if cfg.paired_background and stage >= cfg.paired_background_stage:
+        return cam, bg, paired_backgrounds(cam, bg)
+    return cam, bg, None
+
+
 def train_distill(
     train_views: list[View],
     model: Gaussians,
@@ -678,6 +696,8 @@ def train_distill(
     progress events add ``offset`` (stage 1's iterations) so the job shows one running count."""
     if cfg.random_background and cfg.paired_background:  # refused before any work, not one silently ignored
         raise ValueError("random_background and paired_background both ask for the true coverage; turn on one")
+    if cfg.paired_background_stage not in (2, 3, 4):
+        raise ValueError(f"paired_background_stage must be 2, 3 or 4, not {cfg.paired_background_stage}")
     ckpt_path = out_dir / "checkpoint.pt"
     cams = [Camera.from_view(v) for v in train_views]
     bg = torch.tensor(background, dtype=torch.float32)
@@ -750,11 +770,7 @@ def train_distill(
                 cursor = 0
             cam = cams[order[cursor]]
             cursor += 1
-            view_bg, targets = bg, None
-            if cfg.random_background and not cfg.real_scene:
-                cam, view_bg = random_background(cam, bg, seed, it)
-            elif cfg.paired_background and not cfg.real_scene:
-                targets = paired_backgrounds(cam, bg)
+            cam, view_bg, targets = view_backgrounds(cam, bg, cfg, stage, seed, it)
             maps = render_pbr_maps(model, cam, cfg.sh_degree, backend,
                                    raw_fixed_geometry=stage <= cfg.raw_fixed_geometry,
                                    depth_spread=cfg.distortion_weight > 0)
