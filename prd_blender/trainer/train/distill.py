@@ -227,8 +227,9 @@ class DistillConfig:
     # 27.67 -> 36.80 dB, relighting +0.11 dB; mixed -0.60 dB, albedo -1.32 dB, normals +1.7 deg. At 0.02: glossy's
     # albedo +1.50 dB, mixed within its seeds' spread; diffuse not trained. One seed, so off. With the random
     # background (run 36): glossy's albedo 28.83 / 28.84 dB on two seeds against 27.59 without it (seed 0);
-    # relighting glossy +0.04, mixed -0.09 dB. At 0.04 beside the pair (run 38, one seed): albedo mean 26.27 dB,
-    # relighting 27.00, roughness MAE 0.091 (glossy's albedo 30.47 dB), but mixed -0.62 dB and normals 6.64 deg.
+    # relighting glossy +0.04, mixed -0.09 dB. At 0.04 beside the pair (run 38, seed 0): albedo mean 26.27 dB,
+    # relighting 27.00, roughness MAE 0.091 (glossy's albedo 30.47 dB), but mixed -0.62 dB (seed 1: -0.51) and
+    # normals 6.64 deg.
     metal_albedo_smooth_weight: float = 0.0
     # Composite each training view over a random colour, drawn per iteration, instead of the capture's background,
     # in stages 2-4 (captures with alpha; real scenes keep theirs). Over one fixed white, what the silhouette's
