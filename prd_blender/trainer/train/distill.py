@@ -302,6 +302,13 @@ class DistillConfig:
     # "no_losses" (stages without the progress and light losses).
     variant: str = "prd"
 
+    def __post_init__(self) -> None:
+        # Refused where the config is made (before stage 1 runs), not one switch silently ignored.
+        if self.random_background and self.paired_background:
+            raise ValueError("random_background and paired_background both ask for the true coverage; turn on one")
+        if self.paired_background_stage not in (2, 3, 4):
+            raise ValueError(f"paired_background_stage must be 2, 3 or 4, not {self.paired_background_stage}")
+
     @classmethod
     def from_run(cls, saved: dict) -> DistillConfig:
         """The config a run was trained with, from its run.json ``distill`` entry. Fields the trainer dropped
@@ -698,10 +705,6 @@ def train_distill(
 ) -> tuple[Gaussians, EnvironmentLight, VisibilityGrid | None, dict]:
     """Run stages 2-4 after stage 1 (or resume inside them). Iterations count from 1 across the stages;
     progress events add ``offset`` (stage 1's iterations) so the job shows one running count."""
-    if cfg.random_background and cfg.paired_background:  # refused before any work, not one silently ignored
-        raise ValueError("random_background and paired_background both ask for the true coverage; turn on one")
-    if cfg.paired_background_stage not in (2, 3, 4):
-        raise ValueError(f"paired_background_stage must be 2, 3 or 4, not {cfg.paired_background_stage}")
     ckpt_path = out_dir / "checkpoint.pt"
     cams = [Camera.from_view(v) for v in train_views]
     bg = torch.tensor(background, dtype=torch.float32)
