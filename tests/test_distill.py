@@ -612,6 +612,36 @@ def test_metal_albedo_smoothness_evens_only_the_metal_and_leaves_the_metallic_al
     assert 0 < half < 0.5 * full.item()
 
 
+def test_metal_albedo_power_spares_a_partial_metal_and_keeps_a_full_one():
+    """``metal_albedo_power``: the term's pixel weight is the metallic to that power, so a half-metal region's
+    pull shrinks by 0.5 ** (power - 1) against power 1's, while a full metal's is unchanged; a negative power is
+    refused."""
+    cam, maps, light, lut = _low_progress_pixels(8)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 == 0
+    cam.image = torch.where(checker, 0.9, 0.1)[..., None].expand(8, 8, 3).clone()
+    base = DistillConfig(normal_weight=0.0, light_weight=0.0, mask_weight=0.0, light_orientation_weight=0.0,
+                         material_smooth_weight=0.0)
+    metal = torch.full((8, 8, 1), 0.5)
+    metal[:, :4] = 1.0  # left half full metal, right half half metal
+    pulls = {}
+    for power in (1.0, 4.0):
+        grads = []
+        for w in (0.0, 0.05):
+            maps["albedo"] = torch.where(checker, 0.8, 0.2)[..., None].expand(8, 8, 3).clone().requires_grad_(True)
+            maps["metallic"] = metal.clone()
+            cfg = dataclasses.replace(base, metal_albedo_smooth_weight=w, metal_albedo_power=power)
+            (loss, _), _ = _loss(maps, cam, light, lut, 3, cfg)
+            loss.backward()
+            grads.append(maps["albedo"].grad.sum(-1))
+        pulls[power] = grads[1] - grads[0]
+    full, partial = (slice(None), slice(0, 3)), (slice(None), slice(5, 8))  # every horizontal neighbour alike
+    assert torch.allclose(pulls[4.0][full], pulls[1.0][full], atol=1e-7)
+    assert pulls[1.0][partial].abs().min() > 0
+    assert torch.allclose(pulls[4.0][partial], pulls[1.0][partial] * 0.5 ** 3, atol=1e-7)
+    with pytest.raises(ValueError, match="metal_albedo_power"):
+        DistillConfig(metal_albedo_power=-1.0)
+
+
 def test_random_background_recomposites_the_view_through_its_alpha():
     """``random_background``: the view's object keeps its pixels, its background takes the drawn colour, partly
     covered pixels mix the two by the alpha; the colour depends on the seed and iteration alone (resumable)."""

@@ -231,6 +231,10 @@ class DistillConfig:
     # relighting 27.00, roughness MAE 0.091 (glossy's albedo 30.47 dB), but mixed -0.62 dB (seed 1: -0.51) and
     # normals 6.64 deg.
     metal_albedo_smooth_weight: float = 0.0
+    # Each pixel's weight in that term is its splatted metallic to this power. On the mixed object the dielectric
+    # squares come out partly metal (splatted metallic 0.2-0.6 on most of their pixels; the brass's 0.4-1.0), so at
+    # power 1 the term also flattens their multi-colour albedo; a higher power leaves partial metals nearly alone.
+    metal_albedo_power: float = 1.0
     # Composite each training view over a random colour, drawn per iteration, instead of the capture's background,
     # in stages 2-4 (captures with alpha; real scenes keep theirs). Over one fixed white, what the silhouette's
     # Gaussians cover beyond the object's true coverage shows white, and their colour takes it up: on the diffuse
@@ -306,6 +310,8 @@ class DistillConfig:
         # Refused where the config is made (before stage 1 runs), not one switch silently ignored.
         if self.random_background and self.paired_background:
             raise ValueError("random_background and paired_background both ask for the true coverage; turn on one")
+        if self.metal_albedo_power < 0:
+            raise ValueError(f"metal_albedo_power must be 0 or more, not {self.metal_albedo_power}")
         if self.paired_background_stage not in (2, 3, 4):
             raise ValueError(f"paired_background_stage must be 2, 3 or 4, not {self.paired_background_stage}")
 
@@ -561,7 +567,7 @@ def distill_loss(maps: dict, sh: dict, cam: Camera, bg: torch.Tensor, light: Env
         values = torch.cat([maps[name] for name in channels], -1)
         loss = loss + cfg.material_smooth_weight * edge_aware_smoothness(values, maps["coverage"], cam.image)
     if stage >= 3 and cfg.metal_albedo_smooth_weight > 0:
-        metal = maps["metallic"].detach()[..., 0]
+        metal = maps["metallic"].detach()[..., 0] ** cfg.metal_albedo_power
         loss = loss + cfg.metal_albedo_smooth_weight * edge_aware_smoothness(
             maps["albedo"], maps["coverage"], cam.image, sharpness=0.0, weight=metal)
     if stage >= 3 and cfg.albedo_orientation_weight > 0 and orientation is not None:
