@@ -458,15 +458,20 @@ def test_config_from_an_older_run_keeps_the_shading_it_was_trained_with():
     current = dataclasses.asdict(DistillConfig(stage2=7))
     assert DistillConfig.from_run(current) == DistillConfig(stage2=7)
     added = ("indirect", "specular_visibility", "physical_weight", "light_orientation_weight", "orient_every",
-             "metallic_stage3", "material_smooth_weight", "roughness_stage3")
+             "metallic_stage3", "material_smooth_weight", "roughness_stage3", "metal_albedo_smooth_weight",
+             "metal_albedo_power")
     old = {k: v for k, v in current.items() if k not in added}
     cfg = DistillConfig.from_run(old | {"gone": 1})
     assert cfg.indirect == 0.0 and not cfg.specular_visibility and cfg.physical_weight == 0.0 and cfg.stage2 == 7
     assert cfg.light_orientation_weight == 0.0 and cfg.orient_every == 0 and cfg.metallic_stage3 is None
     assert cfg.material_smooth_weight == 0.0 and cfg.roughness_stage3 is None
+    assert cfg.metal_albedo_smooth_weight == 0.0 and cfg.metal_albedo_power == 1.0
+    # A run with the metal albedo term on, from before its power existed, was weighted by the metallic itself.
+    assert DistillConfig.from_run(old | {"metal_albedo_smooth_weight": 0.02}).metal_albedo_power == 1.0
     new = DistillConfig()  # what a new run gets
     assert new.indirect > 0 and new.specular_visibility and new.physical_weight > 0
     assert new.light_orientation_weight > 0 and new.orient_every > 0 and new.material_smooth_weight > 0
+    assert new.metal_albedo_smooth_weight > 0 and new.metal_albedo_power > 1
 
 
 def _low_progress_pixels(n: int = 4):
