@@ -225,7 +225,7 @@ class DistillConfig:
     # varies; each neighbour pair weighs by the smaller of its two metallic values, detached, so that the term
     # cannot pay for itself by lowering the metallic. At 0.1 (relighting run 35, 3 x 1000): glossy's albedo
     # 27.67 -> 36.80 dB, relighting +0.11 dB; mixed -0.60 dB, albedo -1.32 dB, normals +1.7 deg. At 0.02: glossy's
-    # albedo +1.50 dB, mixed within its seeds' spread; diffuse not trained. One seed, so off. With the random
+    # albedo +1.50 dB, mixed within its seeds' spread; diffuse not trained. One seed, so then off. With the random
     # background (run 36): glossy's albedo 28.83 / 28.84 dB on two seeds against 27.59 without it (seed 0);
     # relighting glossy +0.04, mixed -0.09 dB. At 0.04 beside the pair (run 38, seed 0): albedo mean 26.27 dB,
     # relighting 27.00, roughness MAE 0.091 (glossy's albedo 30.47 dB), but mixed -0.62 dB (seed 1: -0.51) and
