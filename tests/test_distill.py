@@ -831,21 +831,23 @@ def test_light_learning_rate_after_stage_two():
 
 
 def test_material_learning_rates_after_stage_two():
-    """``lr_albedo_stage34`` and ``lr_roughness_stage34`` set those rates once stage 2 is over (None: the stage-2
-    rate throughout); metallic learns only from stage 3 on, at ``lr_metallic`` and in stage 4 at
+    """``lr_albedo_stage34``, ``lr_roughness_stage34`` and ``lr_quats_stage34`` set those rates once stage 2 is over
+    (None: the stage-2 rate throughout); metallic learns only from stage 3 on, at ``lr_metallic`` and in stage 4 at
     ``lr_metallic_stage4`` (None: ``lr_metallic``)."""
     model = Gaussians.random_in_sphere(np.zeros(3), 1.0, 20)
     model.add_pbr(progress=0.5)
     cfg = DistillConfig(lr_albedo=0.05, lr_roughness=0.04, lr_metallic=0.01, lr_albedo_stage34=0.02,
-                        lr_roughness_stage34=0.005, lr_metallic_stage4=0.002)
+                        lr_roughness_stage34=0.005, lr_metallic_stage4=0.002, lr_quats=1e-3, lr_quats_stage34=3e-3)
     opt = _optimizers(model, EnvironmentLight(8), cfg, 1.0)
+    names = ("albedo", "roughness", "metallic", "quats")
     rates = {}
     for stage in (2, 3, 4):
         _set_stage_lrs(opt, stage, cfg, held=False)
-        rates[stage] = tuple(opt[k].param_groups[0]["lr"] for k in ("albedo", "roughness", "metallic"))
-    assert rates == {2: (0.05, 0.04, 0.0), 3: (0.02, 0.005, 0.01), 4: (0.02, 0.005, 0.002)}
-    _set_stage_lrs(opt, 4, DistillConfig(lr_albedo=0.03, lr_roughness=0.02, lr_metallic=0.04), held=False)  # unset
-    assert tuple(opt[k].param_groups[0]["lr"] for k in ("albedo", "roughness", "metallic")) == (0.03, 0.02, 0.04)
+        rates[stage] = tuple(opt[k].param_groups[0]["lr"] for k in names)
+    assert rates == {2: (0.05, 0.04, 0.0, 1e-3), 3: (0.02, 0.005, 0.01, 3e-3), 4: (0.02, 0.005, 0.002, 3e-3)}
+    unset = DistillConfig(lr_albedo=0.03, lr_roughness=0.02, lr_metallic=0.04, lr_quats=2e-3)
+    _set_stage_lrs(opt, 4, unset, held=False)
+    assert tuple(opt[k].param_groups[0]["lr"] for k in names) == (0.03, 0.02, 0.04, 2e-3)
 
 
 def _sky(h: int = 16) -> np.ndarray:
