@@ -830,7 +830,7 @@ def test_light_learning_rate_after_stage_two():
         assert opt["light"].param_groups[0]["lr"] == rate, stage
 
 
-def test_material_learning_rates_after_stage_two():
+def test_material_and_rotation_learning_rates_after_stage_two():
     """``lr_albedo_stage34``, ``lr_roughness_stage34`` and ``lr_quats_stage34`` set those rates once stage 2 is over
     (None: the stage-2 rate throughout); metallic learns only from stage 3 on, at ``lr_metallic`` and in stage 4 at
     ``lr_metallic_stage4`` (None: ``lr_metallic``)."""
