@@ -91,7 +91,9 @@ class DistillConfig:
     # The rotations' rate from stage 3 on (None: lr_quats). Measured (relighting runs 39-40, 3 x 1000, seed 0): 3e-3 in
     # every stage brings mixed's normals 9.64 -> 9.04 deg but costs glossy 0.27 dB and mixed 0.37 dB; 3e-3 from stage 3
     # only keeps glossy's cost (-0.25 dB) and loses mixed's normal gain (9.93 -> 10.03 deg), so that gain is made in
-    # stage 2; 2e-3 in every stage: mixed's normals -0.5 deg for glossy -0.09 and mixed -0.16 dB. All off.
+    # stage 2; 2e-3 in every stage: mixed's normals -0.5 deg for glossy -0.09 and mixed -0.16 dB. All off. 3e-3 in
+    # stage 2 only (this field 1e-3; run 41, two seeds): mixed's normals -0.60 / -1.05 deg, relighting within the seeds'
+    # spread; diffuse's normals +0.33 deg on one seed. A lead, not yet the default.
     lr_quats_stage34: float | None = None
     lr_opacities: float = 0.05
     lr_sh0: float = 2.5e-3
@@ -104,7 +106,7 @@ class DistillConfig:
     # the prior was too weak for both, and the ablation's gap was unchanged. Doubling the depth-normal and
     # light-orientation weights as well cost mixed 0.60 dB. 0.012 (runs 40-41, two seeds): glossy +0.20 / +0.21 dB (its
     # copper holds more metal), diffuse +0.26 / +0.09, mixed -0.11 / -0.12 dB; mean 27.05 -> 27.16 / 27.11 dB, albedo
-    # +0.19 / +0.14 dB. The direct fit gains less, so PRD - (a) is +1.18 / +1.10 dB on mixed, -0.44 / -0.36 on glossy.
+    # +0.19 / +0.14 dB. The direct fit gains less, so PRD - (a) is +1.19 / +1.10 dB on mixed, -0.44 / -0.36 on glossy.
     light_weight: float = 0.012
     # Depth-normal consistency (as in 2DGS / GS-IR): splatted normals should agree with the normals of the
     # rendered depth surface. 0 turns it off. Before the voted sign it was worth 0.8 dB on glossy (normals 30.7 ->
